@@ -1,0 +1,132 @@
+"""Datasets: a registry of what eeray can load, and one entry point, :func:`load_dataset`.
+
+Synthetic sets from the paper need no files (``synthetic.py``); real sets are read from local files under a
+data root (``real.py``); the paper's augmentations run batched, per sample, on the batch's device
+(``augment.py``). Everything returns a :class:`TrainingData` of in-memory tensors, so a trial's data order is
+a pure function of its seed and epoch (resumable) and a GPU trial never waits on a loader process.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W) -> (B, C, H, W), per sample
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    n_train: int  # the paper's training-set size n
+    n_test: int
+    input_shape: tuple[int, ...]  # one sample, channels first for images
+    num_classes: int  # 2 for binary tasks
+    loader: str  # "module:function" returning TrainingData
+    kind: str = "synthetic"  # synthetic | bundled | real (files under the data root)
+    augmentable: bool = False  # has a paper augmentation (SPEC §1.5 E4)
+    description: str = ""
+
+    @property
+    def m_y(self) -> int:
+        """Output dimension: 1 for binary tasks (BCE-with-logits, SPEC §4 C15), else the class count."""
+        return 1 if self.num_classes == 2 else self.num_classes
+
+
+@dataclass
+class TrainingData:
+    spec: DatasetSpec
+    x_train: torch.Tensor  # (n, *input_shape) float32, normalised
+    y_train: torch.Tensor  # (n,) int64 class labels (binary: 0/1)
+    x_test: torch.Tensor  # (n_test, *input_shape) float32 (the validation part under val_fraction)
+    y_test: torch.Tensor  # (n_test,) int64
+    augment: Augment | None = None  # set when DataConfig.augment
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: files, split seeds, normalisation
+
+    @property
+    def n(self) -> int:
+        return int(self.x_train.shape[0])
+
+    def to(self, device: torch.device | str) -> "TrainingData":
+        return TrainingData(self.spec, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
+                            self.y_test.to(device), self.augment, self.info)
+
+
+def _real(name: str, n_train: int, n_test: int, shape: tuple[int, ...], classes: int, desc: str,
+          augmentable: bool = True) -> DatasetSpec:
+    return DatasetSpec(name, n_train, n_test, shape, classes, f"eeray.data.real:load_{name}", "real",
+                       augmentable, desc)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec("sine", 100, 100, (1,), 2, "eeray.data.synthetic:load_sine",
+                    description="x ~ U[-1, 1], y = 1{sin(20x) < 0} (paper §2.2)"),
+        DatasetSpec("moons", 100, 100, (2,), 2, "eeray.data.synthetic:load_moons",
+                    description="sklearn make_moons (paper §2.2)"),
+        DatasetSpec("random16", 1000, 1000, (1, 16, 16), 2, "eeray.data.synthetic:load_random16",
+                    description="pixels ~ N(0, 1), y ~ U{0, 1} (paper §2.2)"),
+        DatasetSpec("digits", 1000, 797, (1, 8, 8), 10, "eeray.data.synthetic:load_digits", "bundled",
+                    description="scikit-learn's 1797 real 8x8 handwritten digits, seeded 1000/797 split"),
+        DatasetSpec("digits16", 1000, 797, (1, 16, 16), 10, "eeray.data.synthetic:load_digits16", "bundled",
+                    description="the digits resized to 16x16: an offline Semeion-like stand-in (SPEC §4 C22)"),
+        _real("mnist", 60000, 10000, (1, 28, 28), 10, "MNIST (LeCun 1998)"),
+        _real("kmnist", 60000, 10000, (1, 28, 28), 10, "Kuzushiji-MNIST (Clanuwat 2019)"),
+        _real("fashion_mnist", 60000, 10000, (1, 28, 28), 10, "Fashion-MNIST (Debian dataset-fashion-mnist)",
+              augmentable=False),
+        _real("cifar10", 50000, 10000, (3, 32, 32), 10, "CIFAR-10"),
+        _real("cifar100", 50000, 10000, (3, 32, 32), 100, "CIFAR-100"),
+        _real("svhn", 73257, 26032, (3, 32, 32), 10, "SVHN train split (no 'extra')"),
+        _real("semeion", 1000, 593, (1, 16, 16), 10, "Semeion, fixed seeded 1000/593 split (UCI semeion.data)"),
+    ]
+}
+
+
+def load_dataset(cfg) -> TrainingData:
+    """Load ``cfg`` (a :class:`eeray.config.DataConfig`): subset, split and augmentation applied."""
+    spec = DATASETS[cfg.name]
+    module, _, fn = spec.loader.partition(":")
+    data: TrainingData = getattr(importlib.import_module(module), fn)(cfg)
+    data = _subset(data, cfg)
+    if cfg.val_fraction > 0:
+        data = _validation_split(data, cfg)
+    if cfg.augment:
+        from eeray.data.augment import paper_augmentation
+
+        data.augment = paper_augmentation(cfg.name, data.info.get("normalization"))
+    return data
+
+
+def _subset(data: TrainingData, cfg) -> TrainingData:
+    """A seeded subset of the training set (and of the test set) when fewer samples are asked for."""
+    g = torch.Generator().manual_seed(10_007 * cfg.seed + 17)
+    x, y, xt, yt = data.x_train, data.y_train, data.x_test, data.y_test
+    if cfg.n_train is not None and cfg.n_train < x.shape[0]:
+        idx = torch.randperm(x.shape[0], generator=g)[: cfg.n_train]
+        x, y = x[idx], y[idx]
+        data.info["train_subset"] = f"{cfg.n_train} of {data.spec.n_train}, seed {cfg.seed}"
+    elif cfg.n_train is not None and cfg.n_train > x.shape[0]:
+        raise ValueError(f"config field 'data.n_train' = {cfg.n_train} is invalid: dataset '{cfg.name}' "
+                         f"has {x.shape[0]} training samples")
+    if cfg.n_test is not None and cfg.n_test < xt.shape[0]:
+        idx = torch.randperm(xt.shape[0], generator=g)[: cfg.n_test]
+        xt, yt = xt[idx], yt[idx]
+    data.x_train, data.y_train, data.x_test, data.y_test = x, y, xt, yt
+    return data
+
+
+def _validation_split(data: TrainingData, cfg) -> TrainingData:
+    """The paper's grid-search split: a seeded 80/20 (val_fraction) split of the training set; the held-out
+    part takes the place of the test set (paper §3.4.2: hyper-parameters chosen "by only using training data")."""
+    g = torch.Generator().manual_seed(20_011 * cfg.seed + 3)
+    n = data.n
+    n_val = max(1, round(cfg.val_fraction * n))
+    perm = torch.randperm(n, generator=g)
+    val, tr = perm[:n_val], perm[n_val:]
+    data.info["validation_split"] = f"{n - n_val}/{n_val} (val_fraction {cfg.val_fraction}, seed {cfg.seed})"
+    data.info["n_before_split"] = n
+    data.x_test, data.y_test = data.x_train[val], data.y_train[val]
+    data.x_train, data.y_train = data.x_train[tr], data.y_train[tr]
+    return data

@@ -1,0 +1,298 @@
+"""The one training loop: ``run_trial(config, sink, checkpoint=None)``.
+
+A trial is a function of its config (ARCHITECTURE.md principle 1): no Ray import, runs in a test, a notebook,
+on a GPU box and under Tune. Data order is a pure function of (seed, epoch), augmentation randomness of
+(seed, step), and everything else random (init, dropout) comes from the global generator, whose state is in
+the checkpoint — so a run resumed from any checkpoint ends bitwise equal (CPU) to an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from eeray import losses
+from eeray.config import TrialConfig, to_flat, validate
+from eeray.data import TrainingData, load_dataset
+from eeray.exploitation import FullBatchObjective, cached_features
+from eeray.models import build_model, init_fc_linear
+from eeray.records import NullSink, Sink
+from eeray.surgery import HIDDEN, EEModel, to_ee_model
+from eeray.wrapper import PhaseSchedule, perturb_seed_of, wrapper_from_config
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message gives the step and the learning rate."""
+
+
+@dataclass
+class TrialResult:
+    summary: dict[str, Any]
+    model: nn.Module
+    data: TrainingData
+
+
+def run_trial(config: TrialConfig, sink: Sink | None = None, checkpoint: dict | None = None) -> TrialResult:
+    """Train one trial end to end. ``checkpoint``: a state offered earlier to ``sink.checkpoint``."""
+    validate(config)
+    trial = Trial(config, sink or NullSink())
+    if checkpoint is not None:
+        trial.load_state_dict(checkpoint)
+    return trial.run()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("config field 'train.device' = 'cuda' is invalid: no CUDA device is visible; use 'auto' "
+                         "or 'cpu'")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trial:
+    def __init__(self, config: TrialConfig, sink: Sink):
+        self.cfg, self.sink = config, sink
+        t0 = time.perf_counter()
+        self.device = pick_device(config.train.device)
+        self.data = load_dataset(config.data).to(self.device)
+        spec = self.data.spec
+        self.loss = losses.resolve_loss(config.train.loss, spec.m_y)
+        self.steps_per_epoch = math.ceil(self.data.n / config.train.batch_size)  # drop_last=False
+        torch.manual_seed(config.seed)  # initialisation
+        self.model = self._build_model()
+        self.schedule = PhaseSchedule.from_config(config.ee, config.train.epochs, self.steps_per_epoch)
+        self.wrapper = wrapper_from_config(config, self.model, self.schedule, self.data.x_train, self.loss)
+        self.d = sum(p.numel() for p in self.model.parameters())
+        self.step = 0
+        self.timers = {"explore_seconds": 0.0, "exploit_seconds": 0.0, "eval_seconds": 0.0,
+                       "setup_seconds": time.perf_counter() - t0}
+        self._batch_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._batch_count = 0
+        self._perm_epoch, self._perm = -1, None
+        self._objective: FullBatchObjective | None = None
+        self.last_eval: dict[str, Any] = {}
+        self.resumed = False
+
+    # ----------------------------------------------------------------------- setup
+    def _build_model(self) -> nn.Module:
+        cfg, spec = self.cfg, self.data.spec
+        base = build_model(cfg.model, spec).to(self.device)
+        if not cfg.ee.enabled:
+            return base
+        n_rule = int(self.data.info.get("n_before_split", self.data.n))  # SPEC §4 A11: m_H from the full set
+        ee = to_ee_model(base, self.data.x_train[:2], m_H=cfg.ee.m_H, m_H_factor=cfg.ee.m_H_factor, n=n_rule,
+                         gate_scale=cfg.ee.gate_scale, output_bias=cfg.ee.output_bias)
+        if cfg.model.arch == "fcnet":  # the paper's N(0, 1/m) init covers "all layers" of the modified FC net
+            std = 1 / math.sqrt(cfg.model.fc_width)
+            init_fc_linear(ee.head.hidden, std, cfg.model.fc_bias_init, cfg.model.fc_width)
+            with torch.no_grad():
+                ee.head.out_weight.normal_(0.0, std)
+        return ee
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def _fullbatch_lbfgs(self) -> bool:
+        g = self.cfg.ee.exploit_optim or self.cfg.optim
+        return self.wrapper.switched and g.name == "lbfgs" and g.lbfgs_mode == "fullbatch"
+
+    # ----------------------------------------------------------------------- loop
+    def run(self) -> TrialResult:
+        total = self.schedule.total_steps
+        if not self.resumed:
+            self._evaluate()
+        while self.step < total:
+            if self.wrapper.schedule.tau_step == self.step and not self.wrapper.switched:
+                self._switch()
+            prev = self.step
+            if self.wrapper.switched and self._fullbatch_lbfgs():
+                self._timed(self._lbfgs_epoch)
+                self.step += self.steps_per_epoch - self.step % self.steps_per_epoch  # to the next epoch end
+            else:
+                self._timed(self._train_step)
+                self.step += 1
+            if self._due(prev, self.step) or self.step == total or self.step == self.schedule.tau_step:
+                self._evaluate()
+            if self.step % self.steps_per_epoch == 0 and self.epoch % self.cfg.train.checkpoint_every_epochs == 0:
+                self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="epoch")
+        return self._finish()
+
+    def _due(self, prev: int, step: int) -> bool:
+        every = self.cfg.train.eval_every * (self.steps_per_epoch if self.cfg.train.eval_unit == "epochs" else 1)
+        return prev // every != step // every
+
+    def _timed(self, fn) -> None:
+        key = f"{self.wrapper.phase.value}_seconds"
+        t0 = time.perf_counter()
+        fn()
+        if self.device.type == "cuda" and self.step % self.steps_per_epoch == self.steps_per_epoch - 1:
+            torch.cuda.synchronize()  # once per epoch, so per-phase wall time is honest without per-step syncs
+        self.timers[key] += time.perf_counter() - t0
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, b, bs = self.epoch, self.step % self.steps_per_epoch, self.cfg.train.batch_size
+        if epoch != self._perm_epoch:  # data order: a pure function of (seed, epoch)
+            g = torch.Generator().manual_seed(1_000_003 * self.cfg.seed + 7919 * epoch + 1)
+            self._perm, self._perm_epoch = torch.randperm(self.data.n, generator=g).to(self.device), epoch
+        idx = self._perm[b * bs:(b + 1) * bs]
+        xb, yb = self.data.x_train[idx], self.data.y_train[idx]
+        if self.data.augment is not None:
+            xb = self.data.augment(xb, torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step))
+        return xb, yb
+
+    def _skip_update(self) -> bool:
+        """perturb_base='tau_minus_1': θ^τ = θ^{τ−1} + εδ literally, i.e. the last exploration update is dropped."""
+        return (self.cfg.ee.enabled and self.cfg.ee.perturb_base == "tau_minus_1"
+                and self.schedule.tau_step is not None and self.step == self.schedule.tau_step - 1)
+
+    def _train_step(self) -> None:
+        xb, yb = self._batch()
+        self.wrapper.train_mode()
+        opt = self.wrapper.optimizer
+        if isinstance(opt, torch.optim.LBFGS):  # minibatch L-BFGS: the closure re-evaluates this batch
+            def closure():
+                opt.zero_grad(set_to_none=True)
+                value = losses.mean_loss(self.loss, self.model(xb), yb)
+                value.backward()
+                return value
+            value = opt.step(closure)
+        else:
+            value = losses.mean_loss(self.loss, self.model(xb), yb)
+            if not self._skip_update():
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                opt.step()
+        self._batch_loss += value.detach().double()
+        self._batch_count += 1
+
+    def _lbfgs_epoch(self) -> None:
+        """One exploitation epoch of full-batch L-BFGS on cached features (SPEC §4 A7): K iterations; with
+        augmentation the features are recomputed on a fresh augmented copy of the training set."""
+        if self._objective is None or self.data.augment is not None:
+            gen = torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step)
+            z = cached_features(self.model, self.data.x_train, self.cfg.train.eval_batch_size, self.data.augment,
+                                gen)
+            g = self.cfg.ee.exploit_optim or self.cfg.optim
+            self._objective = FullBatchObjective(self.model, z, self.data.y_train, self.loss, g.weight_decay)
+        value = self.wrapper.optimizer.step(self._objective.closure)
+        self._batch_loss += value.detach().double()
+        self._batch_count += 1
+
+    def _switch(self) -> None:
+        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="pre_switch")
+        pert = self.wrapper.switch()
+        counts = self.wrapper.trainable_counts()
+        self.sink.emit("events", {"event": "phase_switch", "step": self.step, "epoch": self.epoch,
+                                  **pert.to_record(), **counts})
+        self._evaluate()  # the loss at θ^τ, right after the perturbation
+        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="post_switch")
+
+    # ----------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        self.model.eval()
+        row: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                               "phase": self.wrapper.phase.value}
+        for split, x, y in (("train", self.data.x_train, self.data.y_train),
+                            ("test", self.data.x_test, self.data.y_test)):
+            if x.shape[0] == 0:
+                continue
+            loss_sum, wrong = 0.0, 0
+            for i in range(0, x.shape[0], self.cfg.train.eval_batch_size):
+                out = self.model(x[i:i + self.cfg.train.eval_batch_size])
+                yb = y[i:i + self.cfg.train.eval_batch_size]
+                loss_sum += float(losses.per_sample_loss(self.loss, out, yb).double().sum())
+                wrong += int((losses.predictions(self.loss, out) != yb).sum())
+            row[f"{split}_loss"], row[f"{split}_error"] = loss_sum / x.shape[0], wrong / x.shape[0]
+        row["batch_loss"] = float(self._batch_loss / self._batch_count) if self._batch_count else None
+        self._batch_loss.zero_()
+        self._batch_count = 0
+        row["lr"] = float(self.wrapper.optimizer.param_groups[0]["lr"])
+        row.update(self._param_norms())
+        self.timers["eval_seconds"] += time.perf_counter() - t0
+        row.update({k: v for k, v in self.timers.items() if k != "setup_seconds"})
+        self.sink.emit("steps", row)
+        self.last_eval = row
+        if not math.isfinite(row["train_loss"]):
+            raise TrialDiverged(f"training loss is {row['train_loss']} at step {self.step} (epoch "
+                                f"{row['epoch']:.2f}, phase {row['phase']}, lr {row['lr']:g})")
+        return row
+
+    def _param_norms(self) -> dict[str, float]:
+        """‖θ‖ per label: cheap, and the first sign that freezing works (frozen norms stay constant)."""
+        if not isinstance(self.model, EEModel):
+            return {"norm_body": float(torch.sqrt(sum((p.double() ** 2).sum() for p in self.model.parameters())))}
+        out: dict[str, float] = {}
+        for label in ("body", HIDDEN, "head"):
+            sq = sum(float((p.double() ** 2).sum()) for p in self.model.params_of(label))
+            out[f"norm_{label}"] = math.sqrt(sq)
+        return out
+
+    # ----------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "format": CHECKPOINT_FORMAT, "config": to_flat(self.cfg), "step": self.step,
+            "model": self.model.state_dict(), "wrapper": self.wrapper.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "timers": dict(self.timers),
+            "batch_loss": self._batch_loss, "batch_count": self._batch_count, "last_eval": self.last_eval,
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return copy.deepcopy(state)  # detached from live tensors: a sink may keep it in memory
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        if state["config"] != to_flat(self.cfg):
+            diff = {k: (v, state["config"].get(k)) for k, v in to_flat(self.cfg).items() if state["config"].get(k) != v}
+            raise ValueError(f"checkpoint was written by a different config; differing fields (now, then): {diff}")
+        self.model.load_state_dict(state["model"])
+        self.wrapper.load_state_dict(state["wrapper"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.step, self.timers = state["step"], dict(state["timers"])
+        self._batch_loss = state["batch_loss"].to(self.device)
+        self._batch_count, self.last_eval = state["batch_count"], state["last_eval"]
+        self.resumed = True
+
+    # ----------------------------------------------------------------------- end
+    def _finish(self) -> TrialResult:
+        final = self.last_eval
+        summary: dict[str, Any] = {
+            "status": "completed", "n": self.data.n, "m_y": self.data.spec.m_y, "loss": self.loss, "d": self.d,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.schedule.total_steps,
+            "tau_step": self.schedule.tau_step,
+            **{f"final_{k}": final.get(k) for k in ("train_loss", "train_error", "test_loss", "test_error")},
+            **self.timers, "train_seconds": self.timers["explore_seconds"] + self.timers["exploit_seconds"],
+            "device": str(self.device), "hardware": _hardware(self.device), "torch": torch.__version__,
+            "perturb_seed": perturb_seed_of(self.cfg),
+        }
+        if isinstance(self.model, EEModel):
+            info = self.model.info
+            summary.update({"surgery_mode": info.mode, "m_bar": info.m_bar, "m_H_minus_1": info.m_H_minus_1,
+                            "m_H": info.m_H, "m_H_source": info.m_H_source, **self.wrapper.trainable_counts()})
+            if self.wrapper.perturbation is not None:
+                summary.update(self.wrapper.perturbation.to_record())
+        self.sink.emit("summary", summary)
+        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="end")
+        return TrialResult(summary, self.model, self.data)
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"

@@ -1,0 +1,115 @@
+"""The one training loop: records, the Standard baseline, divergence, and bitwise resume across the switch."""
+import math
+
+import pytest
+import torch
+
+from eeray.config import DataConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
+from eeray.records import MemorySink
+from eeray.trial import TrialDiverged, run_trial
+
+
+def lenet_cfg(**ee) -> TrialConfig:
+    return TrialConfig(
+        data=DataConfig(name="random16", n_train=48, n_test=16),
+        model=ModelConfig(arch="lenet", lenet_mc=1, lenet_pool="avg2"),
+        optim=OptimConfig(lr=0.05, momentum=0.9, weight_decay=1e-4),
+        ee=EEConfig(**{"tau": 0.5, "epsilon": 1e-2, "m_H": 6, **ee}),
+        train=TrainConfig(epochs=4, batch_size=16, eval_every=1, eval_unit="steps"), seed=5)
+
+
+def _final_params(result):
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("ee", [
+    {},  # τ = 2 epochs, SGD both phases
+    {"tau": 7, "tau_unit": "steps", "perturb_base": "tau_minus_1"},  # mid-epoch switch, the literal θ^{τ−1}
+    {"exploit_optim": OptimConfig(name="lbfgs", lbfgs_iters=3)},  # full-batch L-BFGS on cached features
+    {"exploit_optim": OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-2)},
+], ids=["sgd", "mid_epoch_literal", "lbfgs_fullbatch", "adamw"])
+def test_resume_from_before_and_after_the_switch_is_bitwise_equal(ee):
+    cfg = lenet_cfg(**ee)
+    full = MemorySink(keep_checkpoints=("pre_switch", "post_switch", "epoch"))
+    ref = run_trial(cfg, full)
+    reasons = [c.reason for c in full.checkpoints]
+    assert "pre_switch" in reasons and "post_switch" in reasons and reasons.count("epoch") == 4
+    ref_params, ref_rows = _final_params(ref), full.rows["steps"]
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]  # noqa: E731
+    for kept in full.checkpoints:
+        sink = MemorySink()
+        resumed = run_trial(cfg, sink, checkpoint=kept.state)
+        params = _final_params(resumed)
+        assert all(torch.equal(params[k], ref_params[k]) for k in ref_params), f"{kept.reason} at step {kept.step}"
+        # exactly the rows the uninterrupted run emitted after this checkpoint: none lost, none repeated
+        assert strip(sink.rows["steps"]) == strip(ref_rows[kept.emitted["steps"]:])
+        assert resumed.summary["final_train_loss"] == ref.summary["final_train_loss"]
+
+
+def test_records_switch_event_and_summary():
+    sink = MemorySink()
+    result = run_trial(lenet_cfg(), sink)
+    steps = sink.frame("steps")
+    assert list(steps.step[:3]) == [0, 1, 2] and steps.step.iloc[-1] == 12
+    assert set(steps.phase) == {"explore", "exploit"}
+    assert (steps[steps.step == 6].phase.tolist()) == ["explore", "exploit"]  # θ^τ before and after perturbation
+    (event,) = sink.rows["events"]
+    assert event["step"] == 6 and event["perturb_epsilon"] == 1e-2 and event["trainable"] == event["d_hidden"]
+    assert event["perturb_norm"] == pytest.approx(1e-2 * math.sqrt(result.summary["d"]), rel=0.05)
+    s = result.summary
+    assert s["m_H"] == 6 and s["tau_step"] == 6 and s["total_steps"] == 12 and s["d_hidden"] == 1 * 6 * 9  # m_y = 1 (binary), m_H = 6, m_{H−1} = 8 + 1
+    assert s["final_train_error"] == steps.train_error.iloc[-1]
+    exploit = steps[steps.phase == "exploit"]
+    assert exploit.norm_body.nunique() == 1 and exploit.norm_head.nunique() == 1  # frozen
+    assert exploit.norm_hidden.nunique() > 1
+
+
+def test_standard_baseline_runs_through_the_same_loop():
+    sink = MemorySink()
+    result = run_trial(lenet_cfg(enabled=False), sink)
+    assert set(sink.frame("steps").phase) == {"explore"} and sink.rows["events"] == []
+    assert result.summary["tau_step"] is None and "m_H" not in result.summary
+    assert result.summary["d"] == 208 + 1608 + (8 * 128 + 128) + (128 + 1)  # the unmodified LeNet (avg2), m_y = 1
+
+
+def test_divergence_is_an_error_naming_the_step_and_learning_rate():
+    cfg = TrialConfig(data=DataConfig(name="moons"), optim=OptimConfig(lr=1e12, momentum=0.9),
+                      ee=EEConfig(enabled=False), train=TrainConfig(epochs=50, batch_size=100))
+    with pytest.raises(TrialDiverged, match=r"training loss is (nan|inf) at step \d+ .*lr 1e\+12"):
+        run_trial(cfg)
+
+
+def exploitation_gram_rank(model, x) -> tuple[int, int]:
+    """Numerical rank of the Lemma-5 Gram (ZZᵀ)∘(S D² Sᵀ) (SPEC D2) for head 0, computed here from scratch."""
+    with torch.no_grad():
+        z = model.features(x).double()
+        zc = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)  # (n, m_{H−1})
+        w_out = model.head.out_weight[0].double()  # D = diag(W^(H)_{0*})
+        m_H = model.head.m_H
+        r = model.head.gate_weight[:m_H].double(), model.head.gate_bias[:m_H].double()  # R^(0), frozen at θ^τ
+        s = torch.sigmoid(model.head.gate_scale * (z @ r[0].T + r[1]))  # (n, m_H): σ̃(R z)
+        gram = (zc @ zc.T) * ((s * w_out ** 2) @ s.T)  # (n, n)
+        ev = torch.linalg.eigvalsh(gram)
+        return int((ev > ev.max() * len(ev) * torch.finfo(torch.float64).eps).sum()), len(ev)
+
+
+def test_full_rank_exploitation_features_let_lbfgs_reach_zero_training_error():
+    """The theory (Lemma 5 / Thm 5): where the exploitation features at θ^τ have rank n, the convex
+    exploitation problem reaches any output, so full-batch L-BFGS drives the training error to 0."""
+    cfg = TrialConfig(
+        data=DataConfig(name="sine", n_train=50),
+        model=ModelConfig(fc_first_layer_std=1.0),  # kinks inside [−1, 1]: numerically full-rank features
+        optim=OptimConfig(lr=0.1, momentum=0.98),
+        ee=EEConfig(tau=50, tau_unit="steps", epsilon=0.01, gate_scale=10.0,
+                    exploit_optim=OptimConfig(name="lbfgs", lbfgs_iters=50)),
+        train=TrainConfig(epochs=100, batch_size=100, eval_every=10))
+    sink = MemorySink(keep_checkpoints=("post_switch",))
+    result = run_trial(cfg, sink)
+    from eeray.trial import Trial
+
+    at_tau = Trial(cfg, MemorySink())
+    at_tau.load_state_dict(sink.checkpoints[0].state)
+    assert exploitation_gram_rank(at_tau.model, at_tau.data.x_train) == (50, 50)
+    steps = sink.frame("steps")
+    assert steps[steps.phase == "explore"].train_error.iloc[-1] > 0.2  # exploration alone did not fit the data
+    assert result.summary["final_train_error"] == 0.0

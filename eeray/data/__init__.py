@@ -71,6 +71,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("digits", 1000, 797, (1, 8, 8), 10, "eeray.data.synthetic:load_digits", "bundled",
                     description="scikit-learn's 1797 real 8x8 handwritten digits, seeded 1000/797 split"),
         DatasetSpec("digits16", 1000, 797, (1, 16, 16), 10, "eeray.data.synthetic:load_digits16", "bundled",
+                    augmentable=True,  # Semeion's recipe
                     description="the digits resized to 16x16: an offline Semeion-like stand-in (SPEC §4 C22)"),
         _real("mnist", 60000, 10000, (1, 28, 28), 10, "MNIST (LeCun 1998)"),
         _real("kmnist", 60000, 10000, (1, 28, 28), 10, "Kuzushiji-MNIST (Clanuwat 2019)"),

@@ -24,6 +24,7 @@ from eeray.exploitation import FullBatchObjective, cached_features
 from eeray.models import build_model, init_fc_linear
 from eeray.records import NullSink, Sink
 from eeray.surgery import HIDDEN, EEModel, to_ee_model
+from eeray.trial_diagnostics import TrialDiagnostics
 from eeray.wrapper import PhaseSchedule, perturb_seed_of, wrapper_from_config
 
 CHECKPOINT_FORMAT = 1
@@ -71,6 +72,8 @@ class Trial:
         self.model = self._build_model()
         self.schedule = PhaseSchedule.from_config(config.ee, config.train.epochs, self.steps_per_epoch)
         self.wrapper = wrapper_from_config(config, self.model, self.schedule, self.data.x_train, self.loss)
+        self.diag = TrialDiagnostics(config, self.model, self.data.x_train, self.data.y_train, self.loss,
+                                     self.schedule.total_steps, self.steps_per_epoch, sink)
         self.d = sum(p.numel() for p in self.model.parameters())
         self.step = 0
         self.timers = {"explore_seconds": 0.0, "exploit_seconds": 0.0, "eval_seconds": 0.0,
@@ -111,6 +114,7 @@ class Trial:
         total = self.schedule.total_steps
         if not self.resumed:
             self._evaluate()
+            self.diag.at_start(self.step, self.wrapper.phase.value)
         while self.step < total:
             if self.wrapper.schedule.tau_step == self.step and not self.wrapper.switched:
                 self._switch()
@@ -123,6 +127,7 @@ class Trial:
                 self.step += 1
             if self._due(prev, self.step) or self.step == total or self.step == self.schedule.tau_step:
                 self._evaluate()
+            self.diag.after_step(self.step, self.wrapper.phase.value)
             if self.step % self.steps_per_epoch == 0 and self.epoch % self.cfg.train.checkpoint_every_epochs == 0:
                 self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="epoch")
         return self._finish()
@@ -195,6 +200,7 @@ class Trial:
         self.sink.emit("events", {"event": "phase_switch", "step": self.step, "epoch": self.epoch,
                                   **pert.to_record(), **counts})
         self._evaluate()  # the loss at θ^τ, right after the perturbation
+        self.diag.at_switch(self.step, self.wrapper.phase.value)
         self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="post_switch")
 
     # ----------------------------------------------------------------------- evaluation
@@ -248,6 +254,7 @@ class Trial:
             "model": self.model.state_dict(), "wrapper": self.wrapper.state_dict(),
             "rng_cpu": torch.get_rng_state(), "timers": dict(self.timers),
             "batch_loss": self._batch_loss, "batch_count": self._batch_count, "last_eval": self.last_eval,
+            "diag": self.diag.state_dict(),
         }
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -267,6 +274,7 @@ class Trial:
         self.step, self.timers = state["step"], dict(state["timers"])
         self._batch_loss = state["batch_loss"].to(self.device)
         self._batch_count, self.last_eval = state["batch_count"], state["last_eval"]
+        self.diag.load_state_dict(state["diag"])
         self.resumed = True
 
     # ----------------------------------------------------------------------- end
@@ -279,7 +287,7 @@ class Trial:
             **{f"final_{k}": final.get(k) for k in ("train_loss", "train_error", "test_loss", "test_error")},
             **self.timers, "train_seconds": self.timers["explore_seconds"] + self.timers["exploit_seconds"],
             "device": str(self.device), "hardware": _hardware(self.device), "torch": torch.__version__,
-            "perturb_seed": perturb_seed_of(self.cfg),
+            "perturb_seed": perturb_seed_of(self.cfg), **self.diag.summary(),
         }
         if isinstance(self.model, EEModel):
             info = self.model.info

@@ -1,0 +1,41 @@
+"""Errors raised by :mod:`eeray.diagnostics`. All are ``ValueError`` subclasses that name the argument, the
+value that was given and what would be valid, so a bad call fails before any expensive work starts."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class DiagnosticsError(ValueError):
+    """An argument to a diagnostic is invalid: ``field`` was ``value``; ``valid`` says what would work."""
+
+    def __init__(self, field: str, value: Any, valid: str):
+        self.field, self.value, self.valid = field, value, valid
+        super().__init__(f"{field} = {_short(value)} is invalid: {valid}")
+
+
+class TargetEncodingError(DiagnosticsError):
+    """The labels / targets do not fit the loss (e.g. label 3 for 'bce', or an (n, 2) Y for m_y = 1)."""
+
+
+class NonFiniteOutputError(DiagnosticsError):
+    """The model produced NaN or inf on the diagnostic data; no rank or residual of such outputs is meaningful."""
+
+
+class MemoryBudgetError(DiagnosticsError):
+    """No chunking of the computation fits ``memory_budget_bytes``; ``needed_bytes`` is the smallest budget
+    that would work for this method."""
+
+    def __init__(self, value: int, needed_bytes: int, what: str):
+        self.needed_bytes = int(needed_bytes)
+        super().__init__("memory_budget_bytes", value,
+                         f"{what} needs at least {needed_bytes:,} bytes ({needed_bytes / 2**30:.3g} GiB); "
+                         f"raise memory_budget_bytes to >= {needed_bytes}, or pass fewer samples")
+
+
+class SafeExplorationError(DiagnosticsError):
+    """Assumption 4 cannot hold for these sizes (m_H·m_{H−1} < n); the message gives the smallest m_H."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."

@@ -1,0 +1,126 @@
+"""Diagnostics inside a trial: the alignment report and Q_T on a schedule, Assumption 4 at initialisation and
+Lemma 5 at θ^τ — emitted as ``diagnostics`` / ``safety`` rows, summarised at the end, and checkpointed.
+
+Diagnostics read the model but never change it or the random streams training uses, and their time is kept
+out of the phase timers, so a trial with diagnostics trains exactly as one without.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from eeray.config import ConfigError, TrialConfig
+from eeray.records import Sink
+from eeray.surgery import EEModel
+
+GB = 2**30
+
+
+class TrialDiagnostics:
+    def __init__(self, cfg: TrialConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
+                 total_steps: int, steps_per_epoch: int, sink: Sink):
+        self.cfg, self.model, self.sink, self.loss = cfg, model, sink, loss
+        g = cfg.diag
+        self.budget = int(g.memory_budget_gb * GB)
+        self.x_all, self.seconds = x, 0.0
+        self.tracker = self.schedule = None
+        self.model_0_state: dict | None = None
+        self.safety: dict[str, Any] = {}
+        if (g.assumption4 or g.lemma5) and isinstance(model, EEModel):
+            need = 2 * x.shape[0] ** 2 * 8  # the n×n float64 Gram and the formation blocks (eeray.diagnostics.hadamard)
+            if need > self.budget:
+                raise ConfigError("diag.memory_budget_gb", g.memory_budget_gb,
+                                  f"the safe-exploration Grams need ≈ {need / GB:.1f} GB for n = {x.shape[0]}; raise "
+                                  "the budget, or set diag.assumption4/diag.lemma5 to False")
+        if g.assumption4 and not isinstance(model, EEModel):
+            raise ConfigError("diag.assumption4", True, "Assumption 4 is about the EE model; set ee.enabled")
+        if g.alignment:
+            from eeray.diagnostics import AlignmentTracker, evaluation_schedule
+
+            k = g.max_samples or x.shape[0]
+            names = [n for n, _ in model.named_parameters()]  # J over all of θ, in both phases (eq 7)
+            self.tracker = AlignmentTracker(x[:k], y[:k], loss, params=names, tol=g.tol_membership,
+                                            memory_budget_bytes=self.budget, method=g.method, delta_m=g.delta_m,
+                                            certificate=g.certificate, seed=cfg.seed)
+            self.schedule = evaluation_schedule(total_steps, unit=g.unit, every=g.every,
+                                                steps_per_epoch=steps_per_epoch)
+            self._pending = list(self.schedule.steps)
+
+    # ----------------------------------------------------------------------- hooks called by the loop
+    def at_start(self, step: int, phase: str) -> None:
+        if self.cfg.diag.assumption4 and isinstance(self.model, EEModel):
+            from eeray.diagnostics import assumption4_report
+
+            t0 = time.perf_counter()
+            rep = assumption4_report(self.model, self.x_all, seed=self.cfg.seed, memory_budget_bytes=self.budget)
+            self.seconds += time.perf_counter() - t0
+            self._safety_row("assumption4", None, step, phase, rep.gram, rep.m_H, rep.m_H_minus_1, rep.seed)
+            self.safety["assumption4_certified"] = bool(rep.gram.certified)
+        self.after_step(step, phase)
+
+    def at_switch(self, step: int, phase: str) -> None:
+        """Lemma 5 per head at the perturbed θ^τ, after the gate freeze (SPEC §4 D28(b))."""
+        if not (self.cfg.diag.lemma5 and isinstance(self.model, EEModel)):
+            return
+        from eeray.diagnostics import lemma5_report
+
+        t0 = time.perf_counter()
+        rep = lemma5_report(self.model, self.x_all, memory_budget_bytes=self.budget)
+        self.seconds += time.perf_counter() - t0
+        head = self.model.head
+        for j, h in enumerate(rep.heads):
+            self._safety_row("lemma5", j, step, phase, h, head.m_H, head.in_features + 1, None)
+        self.safety["lemma5_full_rank"] = bool(rep.all_full_rank)
+
+    def after_step(self, step: int, phase: str) -> None:
+        """Run the alignment report if the schedule has a point in (last evaluated, step]."""
+        if self.tracker is None or not self._pending or self._pending[0] > step:
+            return
+        while self._pending and self._pending[0] <= step:
+            self._pending.pop(0)
+        t0 = time.perf_counter()
+        if self.tracker.step_0 is None:
+            self.model_0_state = copy.deepcopy(self.model.state_dict())  # θ_0 for ΔM, and for resume
+        report = self.tracker.evaluate(self.model, step)
+        took = time.perf_counter() - t0
+        self.seconds += took
+        self.sink.emit("diagnostics", {**report.to_record(), "step": step, "phase": phase,
+                                       "schedule": self.schedule.description, "diag_seconds": took})
+
+    # ----------------------------------------------------------------------- summary and checkpoint
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.safety, "diag_seconds": self.seconds}
+        if self.tracker is not None and self.tracker.q.steps:
+            q = self.tracker.q
+            increments = [s for s, a in zip(q.steps, q.aligned) if not a]
+            out.update(final_Q_T=q.q_t, diag_evaluations=len(q.steps), final_residual=q.residuals[-1],
+                       final_aligned=q.aligned[-1], last_Q_T_increment_step=increments[-1] if increments else None)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict() if self.tracker else None, "model_0": self.model_0_state,
+                "pending": list(getattr(self, "_pending", [])), "seconds": self.seconds, "safety": dict(self.safety)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seconds, self.safety = state["seconds"], dict(state["safety"])
+        if self.tracker is None:
+            return
+        self._pending, self.model_0_state = list(state["pending"]), state["model_0"]
+        model_0 = None
+        if self.model_0_state is not None:
+            model_0 = copy.deepcopy(self.model)
+            model_0.load_state_dict(self.model_0_state)
+        self.tracker.load_state_dict(state["tracker"], model_0)
+
+    def _safety_row(self, kind: str, head: int | None, step: int, phase: str, gram, m_H: int, m_hm1: int,
+                    seed: int | None) -> None:
+        from dataclasses import asdict
+
+        row = {"kind": kind, "head": head, "step": step, "phase": phase, "m_H": m_H, "m_H_minus_1": m_hm1,
+               "seed": seed, **asdict(gram)}
+        self.sink.emit("safety", {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})

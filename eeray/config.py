@@ -88,7 +88,7 @@ class EEConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1000  # T̂
+    epochs: int = 1000  # T̂ (0: evaluate and run the diagnostics at initialisation only)
     batch_size: int = 100
     loss: str = "auto"  # auto (bce when m_y = 1, else ce) | bce | ce | mse
     eval_every: int = 1  # full-training-set evaluation cadence, in eval_unit
@@ -142,14 +142,14 @@ _SECTIONS = {
 
 
 def to_flat(cfg: TrialConfig) -> dict[str, Any]:
-    """Dotted keys -> values. ``ee.exploit_optim`` expands to ``ee.exploit_optim.*`` when set."""
+    """Dotted keys -> values; ``ee.exploit_optim`` expands to ``ee.exploit_optim.*`` (all None when unset)."""
     out: dict[str, Any] = {"seed": cfg.seed}
     for sec in _SECTIONS:
         for f in dataclasses.fields(getattr(cfg, sec)):
             value = getattr(getattr(cfg, sec), f.name)
-            if isinstance(value, OptimConfig):
+            if f.name == "exploit_optim":  # always expanded (all None when G̃ = G), so every trial has the same keys
                 for g in dataclasses.fields(OptimConfig):
-                    out[f"{sec}.{f.name}.{g.name}"] = _plain(getattr(value, g.name))
+                    out[f"{sec}.{f.name}.{g.name}"] = None if value is None else _plain(getattr(value, g.name))
             else:
                 out[f"{sec}.{f.name}"] = _plain(value)
     return out
@@ -172,7 +172,8 @@ def from_flat(flat: Mapping[str, Any]) -> TrialConfig:
             exploit[parts[2]] = value
         else:
             raise ConfigError(key, value, f"unknown key; valid keys: {', '.join(valid)}")
-    if exploit and sections["ee"].get("exploit_optim", None) is None:
+    if any(v is not None for v in exploit.values()) and sections["ee"].get("exploit_optim", None) is None:
+        exploit = {k: v for k, v in exploit.items() if v is not None}
         sections["ee"]["exploit_optim"] = OptimConfig(**_coerce(OptimConfig, exploit))
     built = {s: cls(**_coerce(cls, sections[s])) for s, cls in _SECTIONS.items()}
     return TrialConfig(seed=seed, **built)
@@ -310,7 +311,7 @@ def validate(cfg: TrialConfig) -> None:
         raise ConfigError("optim.name", "lbfgs", "L-BFGS is offered as G̃ (ee.exploit_optim) only; "
                           f"G must be one of {', '.join(o for o in OPTIMIZERS if o != 'lbfgs')} or a user factory")
 
-    _positive("train.epochs", t.epochs, integer=True)
+    _positive("train.epochs", t.epochs, integer=True, allow_zero=True)  # 0: evaluate and certify only
     _positive("train.batch_size", t.batch_size, integer=True)
     _choice("train.loss", t.loss, LOSSES)
     _positive("train.eval_every", t.eval_every, integer=True)

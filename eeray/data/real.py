@@ -304,3 +304,13 @@ def download(name: str, root: str | os.PathLike) -> Path:
     for kw in kwargs(str(root), True):
         getattr(tvd, cls)(**kw)
     return Path(root)
+
+
+def check_files(cfg) -> Path:
+    """The directory a loader would read, or the loader's own DatasetFilesError — without reading any data.
+    Studies call it for every dataset before Ray starts (errors before work)."""
+    if cfg.name == "fashion_mnist":
+        root = data_root(cfg, required=False)
+        return _check(cfg.name, ([root / LAYOUT[cfg.name][0]] if root is not None else []) + [DEBIAN_FASHION_MNIST])
+    root = data_root(cfg)
+    return _check(cfg.name, [root / LAYOUT[cfg.name][0]])

@@ -1,0 +1,229 @@
+"""Parquet results: the source of truth (ARCHITECTURE.md principle 6).
+
+Layout under ``<results_dir>/<study>/``::
+
+    trials/dataset=<d>/<trial_id>.parquet                               one row per trial
+    steps/dataset=<d>/phase=<p>/<trial_id>-<chunk>.parquet              one row per evaluation point
+    diagnostics/dataset=<d>/phase=<p>/<trial_id>-<chunk>.parquet        one row per alignment report
+    safety/dataset=<d>/kind=<k>/<trial_id>-<chunk>.parquet              Assumption 4 / Lemma 5 reports
+
+Every file has an explicit Arrow schema (``SCHEMAS``) with the schema version in its metadata, so files
+written by different trials concatenate. Rows arrive in chunks that end at a trial checkpoint, and a chunk's
+file name is its (trial, checkpoint) key: a trial resumed from a checkpoint re-emits exactly the chunks after
+it under the same names, so a rewrite replaces, never duplicates (exactly-once rows under retries and resume).
+Writes go to a temporary file and are renamed into place: no half-written files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from eeray.config import TrialConfig
+
+SCHEMA_VERSION = 1
+TABLES = ("trials", "steps", "diagnostics", "safety")
+PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
+              "safety": ("dataset", "kind")}
+
+_F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+_KEY = [("study", _S), ("trial_id", _S)]
+
+STEPS = pa.schema(_KEY + [
+    ("step", _I), ("epoch", _F), ("phase", _S), ("train_loss", _F), ("train_error", _F), ("test_loss", _F),
+    ("test_error", _F), ("batch_loss", _F), ("lr", _F), ("norm_body", _F), ("norm_hidden", _F), ("norm_head", _F),
+    ("explore_seconds", _F), ("exploit_seconds", _F), ("eval_seconds", _F)])
+
+SUMMARY_FIELDS = [
+    ("trial_name", _S), ("status", _S), ("failure_reason", _S), ("attempts", _I),
+    ("n", _I), ("m_y", _I), ("loss", _S), ("d", _I), ("steps_per_epoch", _I), ("total_steps", _I), ("tau_step", _I),
+    ("final_train_loss", _F), ("final_train_error", _F), ("final_test_loss", _F), ("final_test_error", _F),
+    ("explore_seconds", _F), ("exploit_seconds", _F), ("eval_seconds", _F), ("setup_seconds", _F),
+    ("train_seconds", _F), ("diag_seconds", _F), ("device", _S), ("hardware", _S), ("torch", _S),
+    ("perturb_seed", _I), ("surgery_mode", _S), ("m_bar", _I), ("m_H_minus_1", _I), ("m_H", _I), ("m_H_source", _S),
+    ("d_body", _I), ("d_hidden", _I), ("d_head", _I), ("trainable", _I), ("perturb_epsilon", _F), ("perturb_d", _I),
+    ("perturb_norm", _F), ("perturb_expected_norm", _F), ("final_Q_T", _I), ("diag_evaluations", _I),
+    ("final_residual", _F), ("final_aligned", _B), ("last_Q_T_increment_step", _I),
+    ("assumption4_certified", _B), ("lemma5_full_rank", _B), ("git_commit", _S), ("wall_seconds", _F)]
+
+
+def _arrow_type(tp: Any) -> pa.DataType:
+    """Arrow type of a config dataclass field; non-scalars (tuples, mappings, nested configs) become JSON text."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return _arrow_type(args[0]) if len(args) == 1 else _S
+    return {bool: _B, int: _I, float: _F, str: _S}.get(tp, _S)
+
+
+def config_fields() -> list[tuple[str, pa.DataType]]:
+    """One column per dotted config key, typed from the dataclass annotations (float fields that users write
+    as integers, e.g. ``ee.tau = 2000`` steps, stay float64)."""
+    out = [("seed", _I)]
+    hints = {cls: typing.get_type_hints(cls) for cls in _config_classes()}
+    for sec_name, sec_cls in typing.get_type_hints(TrialConfig).items():
+        if sec_name == "seed":
+            continue
+        for f in dataclasses.fields(sec_cls):
+            tp = hints[sec_cls][f.name]
+            if f.name == "exploit_optim":
+                from eeray.config import OptimConfig
+
+                out += [(f"{sec_name}.exploit_optim.{g.name}", _arrow_type(hints[OptimConfig][g.name]))
+                        for g in dataclasses.fields(OptimConfig)]
+            else:
+                out.append((f"{sec_name}.{f.name}", _arrow_type(tp)))
+    return out
+
+
+def _config_classes():
+    from eeray import config as c
+
+    return (c.DataConfig, c.ModelConfig, c.OptimConfig, c.EEConfig, c.TrainConfig, c.DiagConfig)
+
+
+TRIALS = pa.schema(_KEY + SUMMARY_FIELDS + [(f"cfg.{k}", t) for k, t in config_fields()])
+
+
+def _dataclass_fields(cls, skip: tuple[str, ...] = (), prefix: str = "") -> list[tuple[str, pa.DataType]]:
+    hints = typing.get_type_hints(cls)
+    return [(prefix + f.name, _arrow_type(hints[f.name])) for f in dataclasses.fields(cls) if f.name not in skip]
+
+
+def _diagnostics_schema() -> pa.Schema:
+    """Columns of ``AlignmentReport.to_record()``: the report's scalars, e(κ) per κ, the Theorem-3 certificate
+    and what the tracker adds (Q_T, ‖ΔM‖)."""
+    from eeray.diagnostics.alignment import AlignmentReport
+    from eeray.diagnostics.certificate import Certificate
+    from eeray.diagnostics.spectral import KAPPAS
+
+    fields = _KEY + [("phase", _S)] + _dataclass_fields(AlignmentReport, ("energy", "certificate", "extra"))
+    fields += [(f"energy_{k:.0e}", _F) for k in KAPPAS]
+    fields += _dataclass_fields(Certificate, prefix="cert_")
+    fields += [("q_t", _I), ("q_evaluations", _I), ("delta_m_ref_step", _I), ("delta_m_fro_sq", _F),
+               ("delta_m_spec_sq", _F), ("delta_m_fro_sq_stderr", _F), ("schedule", _S), ("diag_seconds", _F)]
+    return pa.schema(fields)
+
+
+def _safety_schema() -> pa.Schema:
+    """One row per certificate: kind 'assumption4' (head null) or 'lemma5' (one row per head j)."""
+    from eeray.diagnostics.hadamard import GramRankReport
+
+    return pa.schema(_KEY + [("step", _I), ("phase", _S), ("kind", _S), ("head", _I), ("m_H", _I),
+                             ("m_H_minus_1", _I), ("seed", _I)] + _dataclass_fields(GramRankReport))
+
+
+def schema(table: str) -> pa.Schema:
+    """The explicit Arrow schema of ``table`` (partition columns included), with the schema version."""
+    base = {"trials": lambda: TRIALS, "steps": lambda: STEPS, "diagnostics": _diagnostics_schema,
+            "safety": _safety_schema}[table]()
+    if "dataset" not in base.names:
+        base = base.append(pa.field("dataset", _S))
+    return base.with_metadata({"eeray_schema_version": str(SCHEMA_VERSION), "eeray_table": table})
+
+
+# --------------------------------------------------------------------------- writing
+def _plain(value: Any, typ: pa.DataType) -> Any:
+    if value is None:
+        return None
+    if typ == _S and not isinstance(value, str):
+        return json.dumps(value, sort_keys=True, default=str)
+    if typ == _F and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ == _I and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def to_table(table: str, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts) -> an Arrow table of the table's schema. Unknown columns are an error (schema drift is a
+    bug, not something to drop silently); missing columns are null."""
+    sch = schema(table)
+    rows = list(rows)
+    names = set(sch.names)
+    for r in rows:
+        unknown = set(r) - names
+        if unknown:
+            raise ValueError(f"table '{table}' has no columns {sorted(unknown)}; add them to eeray.results "
+                             f"(schema version {SCHEMA_VERSION}) or stop emitting them")
+    cols = {f.name: [_plain(r.get(f.name), f.type) for r in rows] for f in sch}
+    return pa.Table.from_pydict(cols, schema=sch)
+
+
+class ResultsWriter:
+    """Writes one study's Parquet dataset. Safe to call again with the same chunk: the file is replaced."""
+
+    def __init__(self, results_dir: str | os.PathLike, study: str):
+        self.root = Path(results_dir) / study
+        self.study = study
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write_chunk(self, table: str, trial_id: str, chunk: str, rows: list[Mapping[str, Any]],
+                    dataset: str) -> list[Path]:
+        """Rows of one trial between two checkpoints; split by the table's partition keys."""
+        if table not in ("steps", "diagnostics", "safety"):
+            raise ValueError(f"write_chunk takes steps, diagnostics or safety; got {table!r}")
+        groups: dict[tuple, list] = {}
+        second = PARTITIONS[table][1]
+        for r in rows:
+            full = {"study": self.study, "trial_id": trial_id, "dataset": dataset, **r}
+            groups.setdefault((dataset, full.get(second)), []).append(full)
+        paths = []
+        for (ds, part), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            path = self.root / table / f"dataset={ds}" / f"{second}={part}" / f"{trial_id}-{chunk}.parquet"
+            paths.append(self._write(path, to_table(table, [{k: v for k, v in g.items() if k != second}
+                                                            for g in group])))
+        return paths
+
+    def write_trial(self, trial_id: str, row: Mapping[str, Any], dataset: str) -> Path:
+        full = {"study": self.study, "trial_id": trial_id, **row}
+        path = self.root / "trials" / f"dataset={dataset}" / f"{trial_id}.parquet"
+        return self._write(path, to_table("trials", [full]).drop_columns(["dataset"]))
+
+    def _write(self, path: Path, table: pa.Table) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        for name in PARTITIONS.get(table.schema.metadata[b"eeray_table"].decode(), ()):
+            if name in table.column_names:  # partition values live in the directory names
+                table = table.drop_columns([name])
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+        return path
+
+
+# --------------------------------------------------------------------------- reading
+@dataclasses.dataclass
+class Results:
+    trials: "Any"  # pandas.DataFrame
+    steps: "Any"
+    diagnostics: "Any"
+    safety: "Any"
+
+
+def load_table(results_dir: str | os.PathLike, study: str, table: str):
+    """One table as a pandas DataFrame (empty, with the schema's columns, when nothing was written)."""
+    path = Path(results_dir) / study / table
+    sch = schema(table)
+    if not path.exists() or not any(path.rglob("*.parquet")):
+        return sch.empty_table().to_pandas()
+    parts = pads.partitioning(pa.schema([sch.field(k) for k in PARTITIONS[table]]), flavor="hive")
+    ds = pads.dataset(str(path), schema=sch, format="parquet", partitioning=parts,
+                      exclude_invalid_files=True, ignore_prefixes=[".", "_"])
+    df = ds.to_table().to_pandas()
+    order = [c for c in ("trial_id", "step", "phase") if c in df.columns]
+    return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
+
+
+def load(results_dir: str | os.PathLike, study: str) -> Results:
+    """``eeray.results.load("results", "width_sweep")`` -> trials, steps, diagnostics, safety DataFrames."""
+    if not (Path(results_dir) / study).is_dir():
+        have = sorted(p.name for p in Path(results_dir).glob("*") if p.is_dir()) if Path(results_dir).is_dir() else []
+        raise FileNotFoundError(f"no results for study '{study}' under {results_dir}; studies there: {have}")
+    return Results(*(load_table(results_dir, study, t) for t in TABLES))

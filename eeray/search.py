@@ -1,0 +1,84 @@
+"""A grid over the scaling axes with Optuna inside each grid point.
+
+Size-versus-alignment questions need every width, seed and optimizer on the grid, while a continuous axis such
+as the learning rate is best tuned per width. :class:`GridOptunaSearch` runs one seeded ``OptunaSearch`` per
+grid point and hands Tune ``samples_per_point`` suggestions from each, round robin, so all widths progress
+together. Its state (every sub-study) is saved with the experiment, so ``--resume`` continues the same studies.
+"""
+from __future__ import annotations
+
+import pickle
+from typing import Any, Mapping, Sequence
+
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+
+class GridOptunaSearch(Searcher):
+    def __init__(self, points: Sequence[Mapping[str, Any]], space: Mapping[str, Any], *, metric: str, mode: str,
+                 samples_per_point: int, seed: int = 0):
+        super().__init__(metric=metric, mode=mode)
+        if not points:
+            raise ValueError("GridOptunaSearch needs at least one grid point")
+        self._points = [dict(p) for p in points]
+        self._subs = [OptunaSearch(space=OptunaSearch.convert_search_space(dict(space)), metric=metric, mode=mode,
+                                   seed=seed + i) for i in range(len(points))]
+        self._remaining = [samples_per_point] * len(points)
+        self._owner: dict[str, int] = {}
+        self._cursor = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        for _ in range(len(self._points)):
+            i = self._cursor
+            self._cursor = (self._cursor + 1) % len(self._points)
+            if self._remaining[i] > 0:
+                suggestion = self._subs[i].suggest(trial_id)
+                if suggestion is None:
+                    return None
+                self._remaining[i] -= 1
+                self._owner[trial_id] = i
+                return {**self._points[i], **suggestion}
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._owner:
+            self._subs[self._owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._owner:
+            self._subs[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PointsSearch(Searcher):
+    """Exactly the study's points, in order, each once: Tune's trial config *is* the point. (Tune's own grid
+    needs a full cartesian product, and a variant that pins an axis makes the study's grid a union of them.)"""
+
+    def __init__(self, points: Sequence[Mapping[str, Any]]):
+        super().__init__()
+        self._points = [dict(p) for p in points]
+        self._next = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._next >= len(self._points):
+            return Searcher.FINISHED
+        self._next += 1
+        return dict(self._points[self._next - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

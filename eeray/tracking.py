@@ -1,0 +1,135 @@
+"""MLflow, written by the driver only (ARCHITECTURE.md principle 9): for browsing, not the source of truth.
+
+One parent run per study execution, one child run per trial linked by the ``mlflow.parentRunId`` tag and named
+readably (``m_c=2 seed=1``), parameters once, metrics with step = optimizer step, tags for the dataset, the
+phase-switch step and the git commit, small artifacts at trial end. Every write names its run id explicitly
+(no "active run" state), so a resumed study reopens the same parent and child runs instead of creating new ones,
+and a chunk of rows already logged is never logged twice (its key is kept in the ``eeray.last_chunk`` tag).
+
+Embedded default: SQLite under the results directory; ``MLFLOW_TRACKING_URI`` points at a server instead.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+STUDY_TAG, TRIAL_TAG, EXECUTION_TAG, CHUNK_TAG = "eeray.study", "eeray.trial_id", "eeray.execution", "eeray.last_chunk"
+_BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+
+
+def default_tracking_uri(results_dir: str | os.PathLike) -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else an embedded SQLite store under the results directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def ui_command(tracking_uri: str, port: int = 5000) -> str:
+    if tracking_uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}"
+    return f"open {tracking_uri} in a browser (an SSH tunnel on a cluster: see README 'Run on a cluster')"
+
+
+def chunk_order(chunk: str) -> tuple[int, int]:
+    """Chunks are named '<step:09d>-<reason>'; order them by step, then by checkpoint reason."""
+    step, _, reason = chunk.partition("-")
+    rank = {"pre_switch": 0, "post_switch": 1, "epoch": 2, "end": 3}.get(reason, 4)
+    return int(step), rank
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
+        self.client = MlflowClient(tracking_uri)
+        self.uri = tracking_uri
+        # creating the experiment creates the SQLite schema: once, in the driver, before any trial starts
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+        self._children: dict[str, str] = {}
+        self._last_chunk: dict[str, str] = {}
+
+    # ----------------------------------------------------------------------- the study's parent run
+    def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """Create the parent run of this study execution, or reopen it when the execution is resumed."""
+        found = self._search(f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{STUDY_TAG}` = 'parent'")
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            for run in self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'"):
+                self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
+                self._last_chunk[run.info.run_id] = run.data.tags.get(CHUNK_TAG, "")
+            return self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={STUDY_TAG: "parent", EXECUTION_TAG: execution, **tags})
+        self.parent_id = run.info.run_id
+        self._log_params(self.parent_id, params)
+        return self.parent_id
+
+    def finish_study(self, status: str = "FINISHED") -> None:
+        if self.parent_id:
+            self.client.set_terminated(self.parent_id, status=status)
+
+    # ----------------------------------------------------------------------- child runs
+    def child(self, trial_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        """The trial's child run: found by its trial id (resume, retries), else created with its params."""
+        if trial_id in self._children:
+            run_id = self._children[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={MLFLOW_PARENT_RUN_ID: self.parent_id, TRIAL_TAG: trial_id,
+                                           MLFLOW_RUN_NAME: name, STUDY_TAG: "trial", **tags})
+        run_id = run.info.run_id
+        self._children[trial_id] = run_id
+        self._last_chunk[run_id] = ""
+        self._log_params(run_id, params)
+        return run_id
+
+    def log_chunk(self, run_id: str, chunk: str, rows: Iterable[Mapping[str, Any]], prefix: str = "") -> int:
+        """Numeric columns of ``rows`` as metrics at step = row['step']; skipped when already logged."""
+        last = self._last_chunk.get(run_id, "")
+        if last and chunk_order(chunk) <= chunk_order(last):
+            return 0
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}{k}", float(v), now, int(row["step"]))
+                   for row in rows for k, v in row.items()
+                   if k not in ("step",) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and v is not None and math.isfinite(float(v))]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+        self.client.set_tag(run_id, CHUNK_TAG, chunk)
+        self._last_chunk[run_id] = chunk
+        return len(metrics)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def finish_trial(self, run_id: str, status: str, summary: Mapping[str, Any],
+                     artifacts: Mapping[str, Mapping[str, Any]] = ()) -> None:
+        """Final metrics and small JSON artifacts, then FINISHED / FAILED."""
+        finals = {k: v for k, v in summary.items() if k.startswith("final_") and isinstance(v, (int, float))
+                  and not isinstance(v, bool) and v is not None and math.isfinite(float(v))}
+        if finals:
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()])
+        for name, content in dict(artifacts).items():
+            self.client.log_dict(run_id, dict(content), name)
+        self.client.set_terminated(run_id, status=status)
+
+    # ----------------------------------------------------------------------- internals
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 90):  # at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 90])
+
+    def _search(self, filter_string: str):
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=5000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -23,6 +24,9 @@ class ConfigError(ValueError):
         self.value = value
         self.valid = valid
         super().__init__(f"config field '{field_name}' = {value!r} is invalid: {valid}")
+
+    def __reduce__(self):  # picklable and copyable: Ray ships exceptions between processes
+        return ConfigError, (self.field, self.value, self.valid)
 
 
 # --------------------------------------------------------------------------- sections
@@ -204,6 +208,10 @@ def _is_optional_section(cfg: TrialConfig, key: str) -> bool:
     return parts[:2] == ["ee", "exploit_optim"] and len(parts) == 3 and parts[2] in _field_names(OptimConfig)
 
 
+def _types_of(tp: Any) -> tuple:
+    return typing.get_args(tp) if typing.get_args(tp) else (tp,)
+
+
 def _field_names(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)}
 
@@ -218,6 +226,11 @@ def _plain(value: Any) -> Any:
 
 def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
+    hints = typing.get_type_hints(cls)
+    for k, v in out.items():  # 2 -> 2.0 where the field is a float, so equal configs compare and log equal
+        if isinstance(v, int) and not isinstance(v, bool) and k in hints and float in _types_of(hints[k]) \
+                and int not in _types_of(hints[k]):
+            out[k] = float(v)
     if cls is OptimConfig and "betas" in out and out["betas"] is not None:
         out["betas"] = tuple(out["betas"])
     if cls is EEConfig and isinstance(out.get("exploit_optim"), Mapping):
@@ -355,12 +368,16 @@ def validate_tau(cfg: TrialConfig) -> None:
         if not (isinstance(e.tau, (int, float)) and 0 <= e.tau <= 1):
             raise ConfigError("ee.tau", e.tau, "with tau_unit 'fraction', τ0 must be in [0, 1] (of the run)")
     elif e.tau_unit == "epochs":
-        if not (isinstance(e.tau, int) and 0 <= e.tau <= t.epochs):
+        if not (_integral(e.tau) and 0 <= e.tau <= t.epochs):
             raise ConfigError("ee.tau", e.tau, f"with tau_unit 'epochs', an integer in [0, {t.epochs}] "
                               f"(train.epochs = {t.epochs})")
     else:
-        if not (isinstance(e.tau, int) and e.tau >= 0):
+        if not (_integral(e.tau) and e.tau >= 0):
             raise ConfigError("ee.tau", e.tau, "with tau_unit 'steps', an integer >= 0 within the run")
+
+
+def _integral(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
 
 
 def _validate_diag(g: DiagConfig) -> None:

@@ -17,6 +17,9 @@ from eeray.results import ResultsWriter
 from eeray.tracking import MlflowTracker
 
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED"}
+# what is worth a curve in the MLflow UI; Parquet keeps every column
+DIAG_METRICS = ("step", "q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
+                "energy_1e-08", "cert_bound", "seconds_total")
 
 
 class StudyCallback(tune.Callback):
@@ -66,8 +69,9 @@ class StudyCallback(tune.Callback):
         t1 = time.perf_counter()
         run_id = self._child(trial)
         self.tracker.log_chunk(run_id, chunk, rows.get("steps", []))
-        self.tracker.log_chunk(run_id, chunk + "~diag", rows.get("diagnostics", []), prefix="diag_") \
-            if rows.get("diagnostics") else None
+        if rows.get("diagnostics"):
+            diag = [{k: r[k] for k in DIAG_METRICS if k in r} for r in rows["diagnostics"]]
+            self.tracker.log_chunk(run_id, chunk, diag, stream="diagnostics", prefix="diag_")
         for event in rows.get("events", []):
             if event.get("event") == "phase_switch":
                 self.tracker.set_tags(run_id, {"eeray.phase_switch_step": event["step"],

@@ -131,8 +131,8 @@ def schema(table: str) -> pa.Schema:
 
 # --------------------------------------------------------------------------- writing
 def _plain(value: Any, typ: pa.DataType) -> Any:
-    if value is None:
-        return None
+    if value is None or (typ != _F and isinstance(value, float) and value != value):
+        return None  # NaN means "not computed" in a record; in an int/bool/string column that is null
     if typ == _S and not isinstance(value, str):
         return json.dumps(value, sort_keys=True, default=str)
     if typ == _F and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -36,9 +36,10 @@ def ui_command(tracking_uri: str, port: int = 5000) -> str:
 
 
 def chunk_order(chunk: str) -> tuple[int, int]:
-    """Chunks are named '<step:09d>-<reason>'; order them by step, then by checkpoint reason."""
+    """Chunks are named '<step:09d>-<reason>'; order them by step, then by checkpoint reason in the order the
+    loop offers them at one step: the epoch end, then the switch (before, after), then the trial's end."""
     step, _, reason = chunk.partition("-")
-    rank = {"pre_switch": 0, "post_switch": 1, "epoch": 2, "end": 3}.get(reason, 4)
+    rank = {"epoch": 0, "pre_switch": 1, "post_switch": 2, "end": 3}.get(reason, 4)
     return int(step), rank
 
 
@@ -55,7 +56,7 @@ class MlflowTracker:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
         self._children: dict[str, str] = {}
-        self._last_chunk: dict[str, str] = {}
+        self._last_chunk: dict[tuple[str, str], str] = {}  # (run, stream) -> the last chunk logged
 
     # ----------------------------------------------------------------------- the study's parent run
     def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -66,7 +67,9 @@ class MlflowTracker:
             self.client.update_run(self.parent_id, status="RUNNING")
             for run in self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'"):
                 self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
-                self._last_chunk[run.info.run_id] = run.data.tags.get(CHUNK_TAG, "")
+                for tag, value in run.data.tags.items():
+                    if tag.startswith(CHUNK_TAG + "."):
+                        self._last_chunk[(run.info.run_id, tag[len(CHUNK_TAG) + 1:])] = value
             return self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={STUDY_TAG: "parent", EXECUTION_TAG: execution, **tags})
@@ -90,13 +93,14 @@ class MlflowTracker:
                                            MLFLOW_RUN_NAME: name, STUDY_TAG: "trial", **tags})
         run_id = run.info.run_id
         self._children[trial_id] = run_id
-        self._last_chunk[run_id] = ""
         self._log_params(run_id, params)
         return run_id
 
-    def log_chunk(self, run_id: str, chunk: str, rows: Iterable[Mapping[str, Any]], prefix: str = "") -> int:
-        """Numeric columns of ``rows`` as metrics at step = row['step']; skipped when already logged."""
-        last = self._last_chunk.get(run_id, "")
+    def log_chunk(self, run_id: str, chunk: str, rows: Iterable[Mapping[str, Any]], stream: str = "steps",
+                  prefix: str = "") -> int:
+        """Numeric columns of ``rows`` as metrics at step = row['step']; skipped when this stream of the run
+        already logged this chunk (a trial re-emits chunks after a restart)."""
+        last = self._last_chunk.get((run_id, stream), "")
         if last and chunk_order(chunk) <= chunk_order(last):
             return 0
         now = int(time.time() * 1000)
@@ -106,8 +110,8 @@ class MlflowTracker:
                    and v is not None and math.isfinite(float(v))]
         for i in range(0, len(metrics), _BATCH):
             self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
-        self.client.set_tag(run_id, CHUNK_TAG, chunk)
-        self._last_chunk[run_id] = chunk
+        self.client.set_tag(run_id, f"{CHUNK_TAG}.{stream}", chunk)
+        self._last_chunk[(run_id, stream)] = chunk
         return len(metrics)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:

@@ -56,11 +56,17 @@ class TrialDiagnostics:
         if self.cfg.diag.assumption4 and isinstance(self.model, EEModel):
             from eeray.diagnostics import assumption4_report
 
-            t0 = time.perf_counter()
-            rep = assumption4_report(self.model, self.x_all, seed=self.cfg.seed, memory_budget_bytes=self.budget)
-            self.seconds += time.perf_counter() - t0
-            self._safety_row("assumption4", None, step, phase, rep.gram, rep.m_H, rep.m_H_minus_1, rep.seed)
-            self.safety["assumption4_certified"] = bool(rep.gram.certified)
+            head = self.model.head
+            if self._too_narrow():
+                self._safety_row("assumption4", None, step, phase, self._narrow_report(), head.m_H,
+                                 head.in_features + 1, self.cfg.seed)
+                self.safety["assumption4_certified"] = False
+            else:
+                t0 = time.perf_counter()
+                rep = assumption4_report(self.model, self.x_all, seed=self.cfg.seed, memory_budget_bytes=self.budget)
+                self.seconds += time.perf_counter() - t0
+                self._safety_row("assumption4", None, step, phase, rep.gram, rep.m_H, rep.m_H_minus_1, rep.seed)
+                self.safety["assumption4_certified"] = bool(rep.gram.certified)
         self.after_step(step, phase)
 
     def at_switch(self, step: int, phase: str) -> None:
@@ -69,10 +75,15 @@ class TrialDiagnostics:
             return
         from eeray.diagnostics import lemma5_report
 
+        head = self.model.head
+        if self._too_narrow():
+            for j in range(head.num_outputs):
+                self._safety_row("lemma5", j, step, phase, self._narrow_report(), head.m_H, head.in_features + 1, None)
+            self.safety["lemma5_full_rank"] = False
+            return
         t0 = time.perf_counter()
         rep = lemma5_report(self.model, self.x_all, memory_budget_bytes=self.budget)
         self.seconds += time.perf_counter() - t0
-        head = self.model.head
         for j, h in enumerate(rep.heads):
             self._safety_row("lemma5", j, step, phase, h, head.m_H, head.in_features + 1, None)
         self.safety["lemma5_full_rank"] = bool(rep.all_full_rank)
@@ -116,6 +127,22 @@ class TrialDiagnostics:
             model_0 = copy.deepcopy(self.model)
             model_0.load_state_dict(self.model_0_state)
         self.tracker.load_state_dict(state["tracker"], model_0)
+
+    def _too_narrow(self) -> bool:
+        head = self.model.head
+        return head.m_H * (head.in_features + 1) < self.x_all.shape[0]
+
+    def _narrow_report(self):
+        """m_H·m_{H−1} < n: rank φ ≤ m_H·m_{H−1} < n, so the certificate fails without computing anything."""
+        from eeray.diagnostics import GramRankReport, minimum_m_H
+
+        head, n = self.model.head, self.x_all.shape[0]
+        m_hm1 = head.in_features + 1
+        return GramRankReport(n=n, certified=False, shift=math.nan, failed_pivot=0, second_method="none",
+                              second_rank=-1, lambda_min=math.nan, lambda_max=math.nan, agree=None, seconds_gram=0.0,
+                              seconds_cholesky=0.0, seconds_second=0.0, peak_bytes_estimate=0,
+                              note=f"m_H·m_{{H−1}} = {head.m_H}·{m_hm1} < n = {n}: rank(φ) < n for every θ; "
+                                   f"smallest m_H that could work: {minimum_m_H(n, m_hm1)}")
 
     def _safety_row(self, kind: str, head: int | None, step: int, phase: str, gram, m_H: int, m_hm1: int,
                     seed: int | None) -> None:

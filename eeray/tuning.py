@@ -97,7 +97,7 @@ def _reporter(study: Study):
     # the trial name already spells out its grid values: show only metrics (and Optuna's picks)
     return CLIReporter(metric_columns={"epoch": "epoch", "phase": "phase", "train_error": "train err",
                                        "test_error": "test err", "Q_T": "Q_T"},
-                       parameter_columns={k: ALIASES.get(k, k) for k in study.search},
+                       parameter_columns={k: ALIASES.get(k, k) for k in study.search} or {"variant": "variant"},
                        max_report_frequency=60, max_progress_rows=40, sort_by_metric=False)
 
 

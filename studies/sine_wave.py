@@ -52,14 +52,16 @@ def summarize(results) -> pd.DataFrame:
     t = results.trials[results.trials.status == "completed"].copy()
     if t.empty:
         return pd.DataFrame()
-    t["choice"] = t[list(CHOICES)].astype(str).agg(" | ".join, axis=1)
+    layers, bias, std = (t[c] for c in CHOICES)
+    std = std.map(lambda v: "1/√300" if pd.isna(v) else f"{v:g}")
+    t["choice"] = layers.map(str) + " | " + bias.map(str) + " | " + std
     t["zero_error"] = t.final_train_error == 0
     gd = t[~t["cfg.ee.enabled"]].groupby("choice").agg(gd_seeds=("zero_error", "size"),
                                                       gd_stuck=("zero_error", lambda z: 1 - z.mean()))
     a = t[t["cfg.ee.enabled"]].groupby("choice").agg(a_seeds=("zero_error", "size"), a_zero=("zero_error", "mean"),
                                                     a_lemma5_full_rank=("lemma5_full_rank", "mean"))
     out = gd.join(a, how="outer").reset_index()
-    out.columns = ["layers | bias init | first-layer std", "GD seeds", "GD stuck", "A seeds", "A zero error",
+    out.columns = ["hidden layers | bias init | first-layer std", "GD seeds", "GD stuck", "A seeds", "A zero error",
                    "A rank n at τ"]
     return out
 

@@ -15,7 +15,7 @@ from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimCon
 from eeray.study import Resources, Study, main
 
 SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples)
-    "smoke": (64, 6, [0], [1, 2], 32),
+    "smoke": (600, 3, [0], [1, 2], 24),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)
     "laptop": (300, 60, [0, 1, 2], [1, 2, 4], 100),
     "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None),
 }

@@ -14,3 +14,30 @@ import torch  # noqa: E402
 def _seeded():
     torch.manual_seed(0)
     yield
+
+
+# --------------------------------------------------------------------------- studies, run once per session
+import os as _os  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+ROOT = _Path(__file__).resolve().parents[1]
+
+
+def run_study(script: str, results_dir, *args: str, timeout: int = 600) -> _subprocess.CompletedProcess:
+    """``python <script> --results-dir <dir> ...`` as a user runs it; fails the test with its output on error."""
+    cmd = [_sys.executable, str(ROOT / script), "--results-dir", str(results_dir), *args]
+    out = _subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def width_smoke(tmp_path_factory):
+    """The headline study's smoke run: real local Ray, embedded MLflow (SQLite), Parquet. Shared by the study,
+    MLflow, notebook and report tests."""
+    results = tmp_path_factory.mktemp("width_smoke")
+    out = run_study("studies/width_sweep.py", results, "--smoke")
+    return results, out.stdout

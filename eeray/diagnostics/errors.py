@@ -12,6 +12,9 @@ class DiagnosticsError(ValueError):
         self.field, self.value, self.valid = field, value, valid
         super().__init__(f"{field} = {_short(value)} is invalid: {valid}")
 
+    def __reduce__(self):  # picklable and copyable (Ray and Tune copy exceptions across processes)
+        return _rebuild, (type(self), self.__dict__, self.args)
+
 
 class TargetEncodingError(DiagnosticsError):
     """The labels / targets do not fit the loss (e.g. label 3 for 'bce', or an (n, 2) Y for m_y = 1)."""
@@ -34,6 +37,13 @@ class MemoryBudgetError(DiagnosticsError):
 
 class SafeExplorationError(DiagnosticsError):
     """Assumption 4 cannot hold for these sizes (m_H·m_{H−1} < n); the message gives the smallest m_H."""
+
+
+def _rebuild(cls, state: dict, args: tuple) -> "DiagnosticsError":
+    err = cls.__new__(cls)
+    ValueError.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 def _short(value: Any) -> str:

@@ -35,9 +35,20 @@ def run_study(script: str, results_dir, *args: str, timeout: int = 600) -> _subp
 
 
 @pytest.fixture(scope="session")
-def width_smoke(tmp_path_factory):
-    """The headline study's smoke run: real local Ray, embedded MLflow (SQLite), Parquet. Shared by the study,
-    MLflow, notebook and report tests."""
-    results = tmp_path_factory.mktemp("width_smoke")
-    out = run_study("studies/width_sweep.py", results, "--smoke")
-    return results, out.stdout
+def smoke(tmp_path_factory):
+    """``smoke("sine_wave") -> (results_dir, stdout)``: each study's ``--smoke`` run on a real local Ray with the
+    embedded MLflow store, run once per session and shared by the study, MLflow, notebook and report tests."""
+    done: dict[str, tuple] = {}
+
+    def get(study: str):
+        if study not in done:
+            results = tmp_path_factory.mktemp(f"{study}_smoke")
+            done[study] = (results, run_study(f"studies/{study}.py", results, "--smoke").stdout)
+        return done[study]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def width_smoke(smoke):
+    return smoke("width_sweep")

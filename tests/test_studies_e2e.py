@@ -118,15 +118,15 @@ def test_mlflow_server_rest_api_lists_parent_and_children(width_smoke):
 
 
 @pytest.mark.parametrize("study", ["sine_wave", "optimizer_sweep", "safe_exploration"])
-def test_every_study_smoke_runs_end_to_end(study, tmp_path):
-    out = run_study(f"studies/{study}.py", tmp_path, "--smoke")
-    res = load(tmp_path, study)
-    assert len(res.trials) > 0 and set(res.trials.status) == {"completed"}, out.stdout[-2000:]
+def test_every_study_smoke_runs_end_to_end(study, smoke):
+    results_dir, stdout = smoke(study)
+    res = load(results_dir, study)
+    assert len(res.trials) > 0 and set(res.trials.status) == {"completed"}, stdout[-2000:]
     assert len(res.steps) > 0
-    _, _, runs = mlflow_runs(tmp_path, study)
+    _, _, runs = mlflow_runs(results_dir, study)
     assert {r.info.status for r in runs} == {"FINISHED"}
     if study in ("sine_wave", "safe_exploration"):
-        assert (tmp_path / study / "summary.csv").is_file()
+        assert (results_dir / study / "summary.csv").is_file()
 
 
 # --------------------------------------------------------------------------- failure, kill and resume

@@ -218,12 +218,12 @@ def default_profile() -> tuple[str, str]:
     return "laptop", "no GPU visible"
 
 
-def parse_args(argv: Sequence[str] | None, doc: str | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
-    p.add_argument("--profile", choices=PROFILES, help="sizes: smoke, laptop (CPU), paper (GPUs); default: "
-                   "paper when a GPU is visible, else laptop")
+    p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
+                   "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
     p.add_argument("--resume", action="store_true", help="continue an interrupted execution (Tuner.restore)")
     p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
     p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
@@ -238,10 +238,11 @@ def parse_args(argv: Sequence[str] | None, doc: str | None) -> argparse.Namespac
     return p.parse_args(argv)
 
 
-def main(build: Callable[[str], Study], argv: Sequence[str] | None = None) -> int:
-    """Entry point of every study file."""
+def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
+         extra_profiles: Sequence[str] = ()) -> int:
+    """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
     doc = sys.modules[build.__module__].__doc__ if build.__module__ in sys.modules else None
-    args = parse_args(argv, doc)
+    args = parse_args(argv, doc, (*PROFILES, *extra_profiles))
     if args.data_root:
         os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
     if args.smoke:

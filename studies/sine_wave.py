@@ -9,6 +9,7 @@ rank of the exploitation features at θ^τ (the theory's condition for A to reac
 
 Run:      python studies/sine_wave.py
 Smoke:    python studies/sine_wave.py --smoke                   # < 2 minutes on 2 cores
+E3 only:  python studies/sine_wave.py --profile e3              # the paper's one setting, seeds 0-4, ~10 min
 Runtime:  smoke ~1 min; laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 epochs, 240 trials) ~6 CPU-hours
 Expect:   per choice, the fraction of seeds where GD gets stuck (final training error > 0) and where A(GD)
           reaches zero training error; A's success tracks the Lemma-5 rank at θ^τ (= n), not the choice itself.
@@ -22,6 +23,7 @@ SIZES = {  # profile: (epochs, τ in steps, seeds, diagnostics every k epochs, f
     "smoke": (150, 30, [0, 1], 50, False),
     "laptop": (2000, 400, list(range(10)), 100, True),
     "paper": (10000, 2000, list(range(10)), 250, True),
+    "e3": (10000, 2000, list(range(5)), 250, False),  # SPEC E3 exactly: 2 layers, default bias, std 1/√300
 }
 CHOICES = ("cfg.model.fc_hidden_layers", "cfg.model.fc_bias_init", "cfg.model.fc_first_layer_std")
 
@@ -38,7 +40,8 @@ def build(profile: str) -> Study:
         diag=DiagConfig(alignment=True, every=every, unit="epochs", delta_m=True, lemma5=True),
     )
     grid = {"model.fc_hidden_layers": [2, 3] if full else [2],
-            "model.fc_bias_init": ["default", "zero", "normal"] if full else ["default", "zero"],
+            "model.fc_bias_init": ["default", "zero", "normal"] if full else (
+                ["default"] if profile == "e3" else ["default", "zero"]),
             "model.fc_first_layer_std": [None, 1.0] if full else [None],
             "seed": seeds}
     return Study(name="sine_wave", base=base, grid=grid,
@@ -67,4 +70,4 @@ def summarize(results) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(build))
+    raise SystemExit(main(build, extra_profiles=("e3",)))

@@ -52,3 +52,30 @@ def smoke(tmp_path_factory):
 @pytest.fixture(scope="session")
 def width_smoke(smoke):
     return smoke("width_sweep")
+
+
+# --------------------------------------------------------------------------- headless Chromium (browser tests)
+import shutil as _shutil  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """``chromium(url, *flags, timeout=120) -> stdout``: Debian's headless Chromium with a fresh profile, e.g.
+    ``chromium(url, "--dump-dom", "--virtual-time-budget=5000")``. Fails (never skips) when it is missing."""
+    exe = _shutil.which("chromium") or _shutil.which("chromium-browser")
+    if exe is None:
+        pytest.fail("headless Chromium is needed for the browser tests: apt-get install chromium (.ci/run does)")
+
+    def run(url: str, *flags: str, timeout: int = 120) -> str:
+        profile = _tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)
+        cmd = [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url]
+        out = _subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stderr[-3000:]}")
+        return out.stdout
+
+    return run

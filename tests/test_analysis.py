@@ -1,0 +1,177 @@
+"""eeray.analysis on planted structures (does it tell size from alignment?), on hand-made tables with known answers,
+and on the width-sweep smoke results (measures agree with what the trial loop logged)."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from eeray import analysis
+from eeray.analysis.stats import cluster_bootstrap, estimates
+from eeray.results import Results, load, to_table
+
+
+def _frame(table: str, rows: list[dict]) -> pd.DataFrame:
+    return to_table(table, rows).to_pandas()  # exactly the columns and types eeray.results.load returns
+
+
+def planted_results(driver: str, *, seeds=range(20), widths=range(1, 9), evaluations=40, seed=7) -> Results:
+    """A width sweep with a planted structure. Alignment grows with size: trial (seed s, width m_c) is aligned at a
+    fraction p of its evaluations, logit p = 1.2·z(m_c) + N(0, 1) (failures first, then aligned: Q_T flattens).
+    ``driver='alignment'``: final error = 0.5·(1 − aligned fraction) + noise, so size acts only through alignment.
+    ``driver='size'``: final error = 0.5·(1 − (m_c − 1)/7) + noise, so alignment is a bystander."""
+    rng = np.random.default_rng(seed)
+    trials, diag = [], []
+    for s in seeds:
+        for m_c in widths:
+            tid = f"s{s:02d}-m{m_c}"
+            p = 1 / (1 + np.exp(-(1.2 * (m_c - 4.5) / 2.3 + rng.normal())))
+            k = int(round(p * evaluations))
+            for i in range(evaluations):
+                aligned = i >= evaluations - k
+                diag.append({"study": "planted", "trial_id": tid, "step": 10 * i, "phase": "explore", "tol": 1e-8,
+                             "aligned": aligned, "residual": 0.0 if aligned else 1e-3 * (1 + rng.random()),
+                             "q_t": None, "q_evaluations": i + 1})
+            base = 0.5 * (1 - k / evaluations) if driver == "alignment" else 0.5 * (1 - (m_c - 1) / 7)
+            error = max(0.0, base + 0.05 * rng.normal())
+            trials.append({"study": "planted", "trial_id": tid, "trial_name": f"m_c={m_c} seed={s}",
+                           "status": "completed", "n": 1000, "m_y": 10, "d": 50_000 * m_c,
+                           "final_train_error": error, "final_train_loss": error, "final_test_error": error,
+                           "cfg.seed": s, "cfg.model.arch": "lenet", "cfg.model.lenet_mc": m_c,
+                           "cfg.ee.enabled": False, "dataset": "random16"})
+    return Results(_frame("trials", trials), _frame("steps", []), _frame("diagnostics", diag), _frame("safety", []))
+
+
+def _row(assoc: pd.DataFrame, name: str) -> pd.Series:
+    return assoc[assoc["association"] == name].iloc[0]
+
+
+@pytest.mark.parametrize("driver", ["alignment", "size"])
+def test_planted_structure_is_recovered(driver):
+    m = analysis.trial_measures(planted_results(driver))
+    assoc = analysis.association_table(m, n_boot=1000, seed=0)
+    assert set(assoc["unit"]) == {"seeds"} and set(assoc["n_seeds"]) == {20} and set(assoc["n_trials"]) == {160}
+    align, size = _row(assoc, "error ~ alignment | size"), _row(assoc, "error ~ size | alignment")
+    assert _row(assoc, "alignment ~ size")["spearman_lo"] > 0.5  # the confounding the partials must see through
+    driving, bystander = (align, size) if driver == "alignment" else (size, align)
+    assert driving["spearman_hi"] < -0.6  # clearly non-zero: more alignment (or size), less error
+    assert driving["spearman_p"] < 1e-6
+    assert bystander["spearman_lo"] < 0 < bystander["spearman_hi"]  # the interval covers 0
+    assert abs(bystander["spearman"]) < 0.15
+    verdict = analysis.survival_table(assoc).iloc[0]
+    assert (verdict["alignment survives"], verdict["size survives"]) == (
+        ("yes", "no") if driver == "alignment" else ("no", "yes"))
+    assert verdict["verdict"].startswith(f"error follows {driver};")
+
+
+def test_bootstrap_is_deterministic_and_clusters_by_seed():
+    m = analysis.trial_measures(planted_results("alignment", seeds=range(8), widths=range(1, 5)))
+    first = analysis.association_table(m, n_boot=300, seed=3)
+    pd.testing.assert_frame_equal(first, analysis.association_table(m, n_boot=300, seed=3))
+    assert not first.equals(analysis.association_table(m, n_boot=300, seed=4))
+    # five identical copies of every trial within its seed carry no new information: resampling seeds gives the
+    # same Spearman intervals (ranks of copies are an affine map of the original ranks), resampling trials would not
+    copies = pd.concat([m.assign(trial_name=m["trial_name"] + f" copy {i}") for i in range(5)])
+    copied = analysis.association_table(copies, n_boot=300, seed=3)
+    cols = ["spearman", "spearman_lo", "spearman_hi"]
+    np.testing.assert_allclose(copied[cols].to_numpy(), first[cols].to_numpy(), rtol=1e-9, atol=1e-12)
+    data = copies[["final_train_error", "aligned_fraction", "d"]].to_numpy(float)
+    iid, unit = cluster_bootstrap(data, np.zeros(len(data)), estimates, n_boot=300, seed=3)
+    assert unit == "trials"
+    iid_width = np.subtract(*np.nanpercentile(iid[:, 0], [97.5, 2.5]))
+    assert iid_width < 0.5 * (first.loc[0, "spearman_hi"] - first.loc[0, "spearman_lo"])  # overconfident
+
+
+def test_partial_spearman_is_the_correlation_of_rank_residuals():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=200)
+    frame = pd.DataFrame({"x": z + rng.normal(size=200), "y": np.exp(z) + rng.normal(size=200), "z": z})
+    r, p = analysis.partial_spearman(frame, "x", "y", "z")
+    ranks = frame.rank().to_numpy()
+    design = np.c_[np.ones(200), ranks[:, 2]]
+    resid = [ranks[:, i] - design @ np.linalg.lstsq(design, ranks[:, i], rcond=None)[0] for i in (0, 1)]
+    assert r == pytest.approx(np.corrcoef(*resid)[0, 1], abs=1e-12)
+    assert p == pytest.approx(2 * sps.t.sf(abs(r) * np.sqrt(197 / (1 - r * r)), 197))
+    assert analysis.partial_spearman(frame, "x", "z", "y")[0] > 0.3  # x depends on z beyond y
+
+
+def test_q_t_at_other_tolerances_and_rank_cuts():
+    rows = [{"trial_id": "a", "step": s, "phase": "explore", "tol": 1e-8, "residual": r, "aligned": r <= 1e-8,
+             "energy_1e-04": e4, "energy_1e-12": r} for s, r, e4 in ((0, 0.0, 1e-3), (1, 1e-9, 1e-9), (2, 1e-5, 1e-2))]
+    rows += [{"trial_id": "b", "step": 0, "phase": "explore", "tol": 1e-8, "residual": np.nan, "aligned": False,
+              "energy_1e-04": np.nan, "energy_1e-12": np.nan}]  # matrix-free: no residual, no spectrum
+    diag = pd.DataFrame(rows)
+    assert analysis.q_t_at(diag, 1e-8).to_dict() == {"a": 1, "b": 1}  # a missing residual is not aligned
+    assert analysis.q_t_at(diag, 1e-10).to_dict() == {"a": 2, "b": 1}
+    assert analysis.q_t_at(diag, 1e-4).to_dict() == {"a": 0, "b": 1}
+    by_kappa = analysis.q_t_at(diag, 1e-8, kappa=1e-4)
+    assert by_kappa["a"] == 2 and np.isnan(by_kappa["b"])  # e(κ) not computed: no count, not "all failed"
+    sens = analysis.q_t_sensitivity(diag)
+    assert list(sens.columns) == ["evaluations", "ρ≤1e-04", "ρ≤1e-06", "ρ≤1e-08", "ρ≤1e-10", "ρ≤1e-12",
+                                  "e(1e-04)≤1e-08", "e(1e-12)≤1e-08"]
+    assert sens.loc["a"].tolist() == [3, 0, 1, 1, 2, 2, 2, 1]
+    with pytest.raises(ValueError, match=r"kappa=1e-06: no column 'energy_1e-06'.*logged: \['energy_1e-04'"):
+        analysis.q_t_at(diag, 1e-8, kappa=1e-6)
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        analysis.q_t_at(diag, 0)
+
+
+def test_mean_std_tables_use_the_sample_std():
+    m = pd.DataFrame({"status": "completed", "dataset": ["mnist"] * 3 + ["cifar10"],
+                      "method": ["standard", "standard", "A(standard)", "standard"],
+                      "final_test_error": [0.004, 0.006, 0.003, 0.078]})
+    t = analysis.mean_std_table(m, "final_test_error", ["dataset"], ["method"], scale=100)
+    assert t.loc["mnist", "standard"] == f"0.50 ({np.std([0.4, 0.6], ddof=1):.2f})" == "0.50 (0.14)"
+    assert t.loc["mnist", "A(standard)"] == "0.30 (–)"  # one seed: no std, not 0
+    assert t.loc["cifar10", "A(standard)"] == ""
+    with pytest.raises(ValueError, match=r"by=\['seed'\]: no column\(s\) \['seed'\]"):
+        analysis.mean_std_table(m, "final_test_error", ["seed"])
+
+
+def test_lemma5_table_decides_rank_n_with_or_without_a_rank():
+    m = pd.DataFrame({"trial_name": ["a", "b", "c", "d"], "setting": "A", "seed": [0, 1, 2, 3],
+                      "final_train_error": [0.0, 0.2, 0.3, 0.0], "lemma5_rank": [100, 80, np.nan, np.nan],
+                      "lemma5_rank_bound": [100, 100, 60, 100], "lemma5_n": 100,
+                      "lemma5_certified": [True] + [False] * 3,
+                      "lemma5_lambda_ratio": 1e-3, "lemma5_step": 30})
+    t = analysis.lemma5_table(m).set_index("trial_name")
+    assert t["rank = n"].tolist()[:3] == [True, False, False] and pd.isna(t.loc["d", "rank = n"])
+    assert t["agrees"].tolist()[:3] == [True, True, True] and pd.isna(t.loc["d", "agrees"])
+    assert analysis.lemma5_crosstab(t).to_numpy().tolist() == [[1, 0], [0, 2]]
+
+
+def test_errors_name_the_argument_and_what_is_valid(tmp_path):
+    m = analysis.trial_measures(planted_results("size", seeds=range(3), widths=range(1, 4)))
+    with pytest.raises(ValueError, match=r"alignment='Q_T_fraction' is not a column of measures; columns: \["):
+        analysis.association_table(m, alignment="Q_T_fraction")
+    with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
+        analysis.association_table(m, level=95)
+    flat = analysis.association_table(m.assign(aligned_fraction=1.0), n_boot=20)  # every evaluation aligned
+    verdicts = analysis.survival_table(flat)["verdict"].tolist()
+    assert verdicts == ["undefined: aligned_fraction is constant in this group"]
+    assert flat.loc[flat["association"] == "error ~ size", "spearman"].notna().all()  # the rest is still there
+    (tmp_path / "empty_study").mkdir()
+    with pytest.raises(ValueError, match="has no trials for study 'empty_study'.*python studies/empty_study.py"):
+        analysis.load_results(tmp_path, "empty_study")
+    with pytest.raises(FileNotFoundError, match=r"no results for study 'nope'.*studies there: \['empty_study'\]"):
+        analysis.load_results(tmp_path, "nope")
+
+
+@pytest.mark.slow
+def test_measures_agree_with_what_the_trials_logged(width_smoke):
+    results_dir, _ = width_smoke
+    res = load(results_dir, "width_sweep")
+    m = analysis.trial_measures(res)
+    t = res.trials.set_index("trial_id").loc[m.index]
+    assert (m["Q_T"] == t["final_Q_T"]).all() and (m["evaluations"] == t["diag_evaluations"]).all()
+    np.testing.assert_allclose(m["aligned_fraction"], 1 - t["final_Q_T"] / t["diag_evaluations"])
+    pd.testing.assert_series_equal(m["last_Q_T_increment_step"], t["last_Q_T_increment_step"].astype(float),
+                                   check_names=False)
+    assert (m["d_over_nmy"] == t["d"] / (t["n"] * t["m_y"])).all()
+    assert (m["m_c"] == t["cfg.model.lenet_mc"]).all() and (m["final_train_error"] == t["final_train_error"]).all()
+    sens = analysis.q_t_sensitivity(res.diagnostics)
+    assert (sens.loc[m.index, "ρ≤1e-08"] == t["final_Q_T"]).all()  # the logged tolerance reproduces Q_T
+    ladder = sens[[f"ρ≤{x:.0e}" for x in analysis.TOLERANCES]].to_numpy()
+    assert (np.diff(ladder, axis=1) >= 0).all()  # a stricter tolerance never counts fewer failures
+    ee = m[m["method"] != "standard"]
+    assert ee["lemma5_heads"].notna().all() and m.loc[m["method"] == "standard", "lemma5_heads"].isna().all()
+    assert set(m["variant"]) == {"standard", "A(standard) c=0.5", "A(standard) c=2"}

@@ -100,6 +100,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     checkpoint_every_epochs: int = 1  # the sink is offered a checkpoint this often (and at the switch)
     eval_batch_size: int = 1024
+    cuda_graphs: bool = True  # exploitation on CUDA: replay the frozen backbone's forward as CUDA graphs
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ class DiagConfig:
     delta_m: bool = True  # ‖M(θ_t) − M(θ_0)‖ with the alignment report
     certificate: bool = False  # Theorem-3 certificate (SPEC D6)
     assumption4: bool = False  # safe-exploration certificate at initialisation (Table 2)
+    # BN statistics for Assumption 4 at init: recalibrate (running stats = the training set's, on a copy; at init
+    # they are placeholders 0/1 and eval-mode BN would be the identity) | init (the placeholders as they are)
+    assumption4_bn: str = "recalibrate"
     lemma5: bool = True  # rank of the exploitation features per head at θ^τ (EE trials)
     actors: int = 0  # 0: local; k: a Ray actor pool of k data shards (studies only)
 
@@ -387,5 +391,6 @@ def _validate_diag(g: DiagConfig) -> None:
         _positive("diag.max_samples", g.max_samples, integer=True)
     _positive("diag.tol_membership", g.tol_membership)
     _choice("diag.method", g.method, ("auto", "dense", "matrix_free"))
+    _choice("diag.assumption4_bn", g.assumption4_bn, ("recalibrate", "init"))
     _positive("diag.memory_budget_gb", g.memory_budget_gb)
     _positive("diag.actors", g.actors, integer=True, allow_zero=True)

@@ -118,10 +118,14 @@ class EEModel(nn.Module):
     def __init__(self, body: nn.Module, head: EEHead, info: SurgeryInfo, flatten: bool):
         super().__init__()
         self.body, self.head, self.info, self.flatten = body, head, info, flatten
+        self.body_runner = None  # set while exploiting on CUDA: the frozen body as CUDA graphs (eeray.exploitation)
         setattr(self, _MARK, True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, m̄): z̄(x, θ_(1:H−2))
-        z = self.body(x)
+        # the graphed body only in exploitation training steps (model in train mode, body frozen in eval mode):
+        # diagnostics (torch.func swaps parameters) and evaluation always run the body eagerly
+        graphed = self.body_runner is not None and self.training and not self.body.training
+        z = self.body_runner(x) if graphed else self.body(x)
         return z.flatten(1) if self.flatten else z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, ...) -> (B, m_y)

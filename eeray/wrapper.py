@@ -149,7 +149,8 @@ class EEWrapper:
     def __init__(self, model: nn.Module, explore: OptimizerFactory, exploit: OptimizerFactory | None,
                  schedule: PhaseSchedule, *, epsilon: float = 1e-3, perturb_seed: int = 0,
                  backbone_mode: str = "eval", freeze_gate: bool = True, reset_optimizer_state: bool = True,
-                 exploit_factory_at_switch: Callable[[], OptimizerFactory] | None = None):
+                 exploit_factory_at_switch: Callable[[], OptimizerFactory] | None = None,
+                 graph_frozen_body: bool = True):
         if schedule.tau_step is not None and not isinstance(model, EEModel):
             raise TypeError("an EE schedule needs an EEModel (eeray.surgery.to_ee_model); for the Standard "
                             "baseline pass PhaseSchedule(tau_step=None, ...)")
@@ -161,6 +162,7 @@ class EEWrapper:
         self.epsilon, self.perturb_seed = epsilon, perturb_seed
         self.backbone_mode, self.freeze_gate_at_switch = backbone_mode, freeze_gate
         self.reset_optimizer_state = reset_optimizer_state
+        self.graph_frozen_body = graph_frozen_body
         self.switched = False
         self.perturbation: Perturbation | None = None
         self.optimizer = self.explore_factory([p for p in model.parameters() if p.requires_grad])
@@ -198,6 +200,11 @@ class EEWrapper:
         for p in model.params_of(BODY, HEAD):
             p.requires_grad_(False)
             p.grad = None
+        on_cuda = any(p.is_cuda for p in model.body.parameters())
+        if self.graph_frozen_body and self.backbone_mode == "eval" and on_cuda:
+            from eeray.exploitation import GraphedBody
+
+            model.body_runner = GraphedBody(model.body)  # a pure function of x from now on
 
     def train_mode(self) -> None:
         """model.train(), except that the backbone is in eval mode while exploiting (BN running statistics
@@ -272,4 +279,4 @@ def wrapper_from_config(cfg, model: nn.Module, schedule: PhaseSchedule, x_train:
     return EEWrapper(model, explore, make_optimizer_factory(g_tilde), schedule, epsilon=cfg.ee.epsilon,
                      perturb_seed=perturb_seed_of(cfg), backbone_mode=cfg.ee.exploit_backbone_mode,
                      freeze_gate=cfg.ee.freeze_gate, reset_optimizer_state=cfg.ee.reset_optimizer_state,
-                     exploit_factory_at_switch=late)
+                     exploit_factory_at_switch=late, graph_frozen_body=cfg.train.cuda_graphs)

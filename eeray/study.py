@@ -252,7 +252,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     else:
         profile, why = default_profile()
         why = f"automatic: {why}; --profile to choose"
-    print(f"eeray study {Path(sys.argv[0]).stem!r}: profile {profile} ({why})", flush=True)
+    print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
     study = build(profile)
     study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
     try:
@@ -260,8 +260,8 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"  {len(specs)} grid points × {study.samples_per_point} sample(s); resources per trial "
-          f"{study.resources.bundles()}", flush=True)
+    print(f"study '{study.name}': {len(specs)} grid points × {study.samples_per_point} sample(s); resources per "
+          f"trial {study.resources.bundles()}", flush=True)
     if args.validate_only:
         return 0
     from eeray.tuning import run_study

@@ -295,6 +295,10 @@ class Trial:
                             "m_H": info.m_H, "m_H_source": info.m_H_source, **self.wrapper.trainable_counts()})
             if self.wrapper.perturbation is not None:
                 summary.update(self.wrapper.perturbation.to_record())
+            runner = self.model.body_runner
+            if runner is not None:
+                summary["frozen_body_graphs"] = f"off: {runner.disabled}" if runner.disabled else \
+                    f"on ({len(runner.graphs)} shapes)"
         self.sink.emit("summary", summary)
         self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="end")
         return TrialResult(summary, self.model, self.data)

@@ -15,32 +15,15 @@ Expect:   rank n (certified) for every dataset, as in Table 2; `summary.csv` lis
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig
-from eeray.data import DATASETS
+from eeray.data import DATASETS, present
 from eeray.study import Resources, Study, main
 
 CANDIDATES = ("digits16", "semeion", "mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 N_CAP = {"smoke": 300, "laptop": 3000, "paper": None}  # None: the paper's full training sets
 
 
-def available() -> list[str]:
-    from eeray.data.real import DatasetFilesError, check_files
-
-    names = []
-    for name in CANDIDATES:
-        if DATASETS[name].kind != "real":
-            names.append(name)
-            continue
-        try:
-            check_files(DataConfig(name=name))
-            names.append(name)
-        except DatasetFilesError as exc:
-            why = "no data root set" if "no data root" in str(exc) else "files missing"
-            print(f"  {name}: not found ({why}; --data-root or EERAY_DATA_ROOT), skipped")
-    return names
-
-
 def build(profile: str) -> Study:
-    names = available() if profile != "smoke" else [n for n in available() if n in ("digits16", "fashion_mnist")]
+    names = present(CANDIDATES if profile != "smoke" else ("digits16", "fashion_mnist"))
     cap = N_CAP[profile]
     base = TrialConfig(
         data=DataConfig(name="digits16"),

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from eeray.config import DataConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
+from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.records import MemorySink
 from eeray.trial import TrialDiverged, run_trial
 
@@ -138,3 +138,17 @@ def test_gd_at_inverse_lipschitz_never_increases_the_exploitation_loss():
     lr = exploit.lr.iloc[0]
     # L̂ depends only on what exploitation freezes (z, the gate, W^(H)): the same at θ^τ and at the end
     assert lr == pytest.approx(1 / lipschitz_hat(result.model, result.data.x_train, "bce"), rel=1e-9)
+
+
+def test_assumption4_recalibrates_bn_on_a_copy_and_trains_exactly_as_without():
+    base = dict(data=DataConfig(name="digits16", n_train=128, n_test=32),
+                model=ModelConfig(arch="preact_resnet18"), optim=OptimConfig(lr=0.05, momentum=0.9),
+                ee=EEConfig(m_H_factor=2.0, tau=0.5), train=TrainConfig(epochs=2, batch_size=64))
+    sink = MemorySink()
+    with_cert = run_trial(TrialConfig(**base, diag=DiagConfig(assumption4=True, lemma5=False)), sink)
+    plain = run_trial(TrialConfig(**base, diag=DiagConfig(lemma5=False)))
+    a, b = with_cert.model.state_dict(), plain.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # BN running statistics included: diagnostics use a copy
+    (row,) = sink.rows["safety"]
+    assert row["kind"] == "assumption4" and row["note"].startswith("BN statistics: recalibrate")
+    assert row["n"] == 128 and isinstance(with_cert.summary["assumption4_certified"], bool)

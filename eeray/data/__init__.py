@@ -68,6 +68,9 @@ DATASETS: dict[str, DatasetSpec] = {
                     description="sklearn make_moons (paper §2.2)"),
         DatasetSpec("random16", 1000, 1000, (1, 16, 16), 2, "eeray.data.synthetic:load_random16",
                     description="pixels ~ N(0, 1), y ~ U{0, 1} (paper §2.2)"),
+        DatasetSpec("cifar_sized", 50000, 10000, (3, 32, 32), 10, "eeray.data.synthetic:load_cifar_sized",
+                    augmentable=True,  # CIFAR-10's recipe
+                    description="N(0, 1) images with CIFAR-10's shape and random labels: throughput runs only"),
         DatasetSpec("digits", 1000, 797, (1, 8, 8), 10, "eeray.data.synthetic:load_digits", "bundled",
                     description="scikit-learn's 1797 real 8x8 handwritten digits, seeded 1000/797 split"),
         DatasetSpec("digits16", 1000, 797, (1, 16, 16), 10, "eeray.data.synthetic:load_digits16", "bundled",
@@ -131,3 +134,24 @@ def _validation_split(data: TrainingData, cfg) -> TrainingData:
     data.x_test, data.y_test = data.x_train[val], data.y_train[val]
     data.x_train, data.y_train = data.x_train[tr], data.y_train[tr]
     return data
+
+
+def present(names, *, verbose: bool = True) -> list[str]:
+    """The datasets among ``names`` that can be loaded here (synthetic and bundled ones always; real ones when
+    their files are under the data root). Studies run on whatever is present and say what they skip."""
+    from eeray.config import DataConfig
+    from eeray.data.real import DatasetFilesError, check_files
+
+    found = []
+    for name in names:
+        if DATASETS[name].kind != "real":
+            found.append(name)
+            continue
+        try:
+            check_files(DataConfig(name=name))
+            found.append(name)
+        except DatasetFilesError as exc:
+            if verbose:
+                why = "no data root set" if "no data root" in str(exc) else "files missing"
+                print(f"  {name}: not found ({why}; --data-root or EERAY_DATA_ROOT), skipped")
+    return found

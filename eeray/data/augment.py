@@ -30,6 +30,7 @@ _RECIPES: dict[str, tuple[int, int, float | None, tuple[float, float] | None, bo
     "cifar10": (32, 4, None, None, True),
     "cifar100": (32, 4, None, None, True),
     "svhn": (32, 4, None, None, True),
+    "cifar_sized": (32, 4, None, None, True),  # random CIFAR-shaped images (throughput runs): CIFAR's recipe
     "semeion": (16, 1, 4.0, (1.05, 1.05), False),
     "digits16": (16, 1, 4.0, (1.05, 1.05), False),  # the offline Semeion stand-in gets Semeion's recipe
 }

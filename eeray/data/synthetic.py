@@ -66,6 +66,17 @@ def load_random16(cfg) -> TrainingData:
     return TrainingData(DATASETS["random16"], x, y, xt, yt, info={"seed": cfg.seed})
 
 
+def load_cifar_sized(cfg) -> TrainingData:
+    """Random N(0, 1) images of CIFAR-10's shape with random labels: the same tensors, kernels and augmentation
+    as CIFAR-10 for speed measurements on machines without the dataset. Nothing here is learnable."""
+    n, n_test = _sizes(cfg)
+    g = _gen(cfg.seed, 1)
+    x = torch.randn(n + n_test, 3, 32, 32, generator=g)  # (n + n_test, 3, 32, 32)
+    y = torch.randint(0, 10, (n + n_test,), generator=g)
+    return TrainingData(DATASETS["cifar_sized"], x[:n], y[:n], x[n:], y[n:],
+                        info={"seed": cfg.seed, "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3}})
+
+
 def _digits(cfg, size: int, name: str) -> TrainingData:
     from sklearn.datasets import load_digits
 

@@ -1,0 +1,122 @@
+"""Standard vs A(Standard) with the pre-activation ResNet-18 (paper §3.4.2, Tables 2–5).
+
+The protocol: pre-activation ResNet-18 with softplus (ς = 100); SGD batch 64, lr 0.1, momentum 0.9, weight decay
+1e-5 as G and G̃ = G; T̂ = 200 epochs with the paper's augmentation, 100 without (MNIST, CIFAR-10/100 only);
+m_H = ⌈2n/513⌉. Three stages, each its own study (own results, MLflow experiment and --resume):
+
+  certify  Table 2: Assumption 4 certified for each dataset present (studies/safe_exploration.py)
+  grid     ε ∈ {1e-3, 1e-5} × τ0 ∈ {0.4, 0.6, 0.8} on a seeded 80/20 train/validation split (Tables 7–15)
+  final    5 seeds of Standard and of A(Standard) at the chosen (ε, τ0) on the full training set: test error
+           (Tables 3–4) and wall-clock per phase (Table 5)
+
+Run:      python studies/ee_vs_standard.py --data-root /path/to/data      # all three stages
+          python studies/ee_vs_standard.py --stage final --chosen paper    # skip the grid: the paper's picks
+Smoke:    python studies/ee_vs_standard.py --smoke      # digits16 subsets on CPU, < 2 minutes on 2 cores
+Runtime:  paper: a 200-epoch CIFAR trial ≈ 20 min on one H100 (benchmarks/train_throughput.py); the full
+          protocol over six datasets ≈ 200 GPU-hours with 4 trials packed per GPU
+Expect:   A(Standard) test error ≤ Standard within a std (Tables 3–4), and A's wall-clock ≤ Standard's (Table 5:
+          ratio 0.997 on CIFAR-10), the exploitation epochs being cheaper with the backbone frozen.
+"""
+import argparse
+import sys
+
+from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
+from eeray.data import present
+from eeray.results import load
+from eeray.study import Resources, Study, main
+
+PAPER = ("mnist", "cifar10", "cifar100", "semeion", "kmnist", "svhn")
+NO_AUG = ("mnist", "cifar10", "cifar100")  # Table 4
+# the paper's argmin of Tables 7–15 (SPEC §2; the underlines are lost): (dataset, augment) -> (ε, τ0)
+PAPER_CHOSEN = {("mnist", True): (1e-3, 0.8), ("cifar10", True): (1e-5, 0.6), ("cifar100", True): (1e-3, 0.6),
+                ("semeion", True): (1e-5, 0.4), ("kmnist", True): (1e-3, 0.6), ("svhn", True): (1e-3, 0.6),
+                ("mnist", False): (1e-3, 0.8), ("cifar10", False): (1e-5, 0.4), ("cifar100", False): (1e-3, 0.4)}
+
+
+def settings(profile: str) -> list[tuple[str, bool]]:
+    """(dataset, augment) pairs to run: the paper's datasets present locally; digits16 for smoke and laptop."""
+    if profile != "paper":
+        return [("digits16", True)]
+    names = present(PAPER)
+    return [(n, True) for n in names] + [(n, False) for n in names if n in NO_AUG]
+
+
+def protocol(profile: str, augment: bool) -> TrialConfig:
+    epochs = {"smoke": 2, "laptop": 10, "paper": 200 if augment else 100}[profile]
+    return TrialConfig(
+        data=DataConfig(augment=augment, n_train={"smoke": 64, "laptop": 1000, "paper": None}[profile],
+                        n_test=64 if profile == "smoke" else None),
+        model=ModelConfig(arch="preact_resnet18"),
+        optim=OptimConfig(lr=0.1, momentum=0.9, weight_decay=1e-5),
+        ee=EEConfig(m_H_factor=2.0),  # m_H = ⌈2n/513⌉ (Table 2)
+        train=TrainConfig(epochs=epochs, batch_size=64, eval_every=1, checkpoint_every_epochs=max(1, epochs // 20),
+                          eval_batch_size=1000),
+        diag=DiagConfig(lemma5=False))
+
+
+def _resources(profile: str) -> Resources:
+    return Resources(cpu=2 if profile != "paper" else 3, gpu=0.25 if profile == "paper" else 0)
+
+
+def build_grid(profile: str) -> Study:
+    variants = {}
+    for name, aug in settings(profile):
+        for eps in ([1e-3] if profile == "smoke" else [1e-3, 1e-5]):
+            for tau0 in ([0.5] if profile == "smoke" else [0.4, 0.6, 0.8]):
+                variants[f"{name}{'' if aug else ' noaug'} eps={eps:g} tau0={tau0:g}"] = {
+                    "data.name": name, "data.augment": aug, "data.val_fraction": 0.2, "ee.epsilon": eps,
+                    "ee.tau": tau0, "train.epochs": protocol(profile, aug).train.epochs}
+    return Study(name="ee_vs_standard_grid", base=protocol(profile, True), variants=variants,
+                 resources=_resources(profile), summary_columns=("final_test_error",))
+
+
+def chosen_from_grid(results_dir: str) -> dict[tuple[str, bool], tuple[float, float]]:
+    """Per (dataset, augment): the (ε, τ0) with the lowest validation error (ties: the first in grid order)."""
+    t = load(results_dir, "ee_vs_standard_grid").trials
+    t = t[t.status == "completed"]
+    out = {}
+    for (name, aug), g in t.groupby(["cfg.data.name", "cfg.data.augment"]):
+        best = g.sort_values(["final_test_error", "cfg.ee.epsilon", "cfg.ee.tau"], ascending=[True, False, True])
+        out[(name, bool(aug))] = (float(best["cfg.ee.epsilon"].iloc[0]), float(best["cfg.ee.tau"].iloc[0]))
+    return out
+
+
+def build_final(profile: str, chosen: dict) -> Study:
+    seeds = [0] if profile == "smoke" else [0, 1, 2, 3, 4]
+    variants = {}
+    for name, aug in settings(profile):
+        eps, tau0 = chosen.get((name, aug), (1e-3, 0.8))
+        common = {"data.name": name, "data.augment": aug, "train.epochs": protocol(profile, aug).train.epochs}
+        label = f"{name}{'' if aug else ' noaug'}"
+        variants[f"{label} Standard"] = {**common, "ee.enabled": False}
+        variants[f"{label} A(Standard)"] = {**common, "ee.epsilon": eps, "ee.tau": tau0}
+    return Study(name="ee_vs_standard", base=protocol(profile, True), grid={"seed": seeds}, variants=variants,
+                 resources=_resources(profile),
+                 summary_columns=("final_test_error", "explore_seconds", "exploit_seconds", "m_H"))
+
+
+def build_certify(profile: str) -> Study:
+    import safe_exploration  # studies/safe_exploration.py, beside this file
+
+    study = safe_exploration.build(profile)
+    return Study(**{**study.__dict__, "name": "ee_vs_standard_certify"})
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--stage", choices=("all", "certify", "grid", "final"), default="all")
+    p.add_argument("--chosen", choices=("grid", "paper"), default="grid",
+                   help="final stage: (ε, τ0) from this run's grid, or the paper's picks (SPEC §2)")
+    extra, rest = p.parse_known_args()
+    stages = ("certify", "grid", "final") if extra.stage == "all" else (extra.stage,)
+    results_dir = rest[rest.index("--results-dir") + 1] if "--results-dir" in rest else "results"
+    for stage in stages:
+        if stage == "final":
+            picks = PAPER_CHOSEN if extra.chosen == "paper" else None
+            builder = (lambda prof: build_final(prof, picks if picks is not None else chosen_from_grid(results_dir)))
+        else:
+            builder = {"certify": build_certify, "grid": build_grid}[stage]
+        builder.__module__ = __name__
+        code = main(builder, rest)
+        if code:
+            sys.exit(code)

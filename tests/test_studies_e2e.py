@@ -185,3 +185,17 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tmp_pat
     run = next(r for r in runs if r.info.run_name == "diverge")
     assert run.info.status == "FAILED" and "training loss is" in run.data.tags["eeray.failure_reason"]
     assert "failed: diverge: training loss is" in out.stdout
+
+
+def test_ee_vs_standard_smoke_runs_all_three_stages(smoke):
+    results_dir, stdout = smoke("ee_vs_standard")
+    certify = load(results_dir, "ee_vs_standard_certify")
+    assert set(certify.safety.kind) == {"assumption4"} and certify.safety.certified.all()
+    grid = load(results_dir, "ee_vs_standard_grid").trials
+    assert (grid["cfg.data.val_fraction"] == 0.2).all() and set(grid.status) == {"completed"}
+    final = load(results_dir, "ee_vs_standard").trials
+    assert sorted(final.trial_name) == ["digits16 A(Standard) seed=0", "digits16 Standard seed=0"]
+    ee = final[final["cfg.ee.enabled"]].iloc[0]
+    chosen = grid.sort_values("final_test_error").iloc[0]  # the final stage uses the grid's argmin
+    assert (ee["cfg.ee.epsilon"], ee["cfg.ee.tau"]) == (chosen["cfg.ee.epsilon"], chosen["cfg.ee.tau"])
+    assert ee.exploit_seconds > 0 and final.explore_seconds.notna().all()  # wall-clock per phase (Table 5)

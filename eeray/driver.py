@@ -68,14 +68,13 @@ class StudyCallback(tune.Callback):
                 self.writer.write_chunk(table, trial.trial_id, chunk, rows[table], dataset)
         t1 = time.perf_counter()
         run_id = self._child(trial)
-        self.tracker.log_chunk(run_id, chunk, rows.get("steps", []))
-        if rows.get("diagnostics"):
-            diag = [{k: r[k] for k in DIAG_METRICS if k in r} for r in rows["diagnostics"]]
-            self.tracker.log_chunk(run_id, chunk, diag, stream="diagnostics", prefix="diag_")
+        diag = [{k: r[k] for k in DIAG_METRICS if k in r} for r in rows.get("diagnostics", [])]
+        tags = {}
         for event in rows.get("events", []):
             if event.get("event") == "phase_switch":
-                self.tracker.set_tags(run_id, {"eeray.phase_switch_step": event["step"],
-                                               "eeray.perturb_norm": f"{event['perturb_norm']:.6g}"})
+                tags = {"eeray.phase_switch_step": event["step"], "eeray.perturb_norm": f"{event['perturb_norm']:.6g}"}
+        self.tracker.log_chunk(run_id, chunk, {"steps": (rows.get("steps", []), ""),
+                                               "diagnostics": (diag, "diag_")}, tags)
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
         if rows.get("summary"):

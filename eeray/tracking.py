@@ -57,6 +57,7 @@ class MlflowTracker:
         self.parent_id: str | None = None
         self._children: dict[str, str] = {}
         self._last_chunk: dict[tuple[str, str], str] = {}  # (run, stream) -> the last chunk logged
+        self._opened: set[str] = set()  # runs this process has created or reopened
 
     # ----------------------------------------------------------------------- the study's parent run
     def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -86,32 +87,44 @@ class MlflowTracker:
         """The trial's child run: found by its trial id (resume, retries), else created with its params."""
         if trial_id in self._children:
             run_id = self._children[trial_id]
-            self.client.update_run(run_id, status="RUNNING")
+            if run_id not in self._opened:  # a run of an earlier (interrupted) execution: running again
+                self.client.update_run(run_id, status="RUNNING")
+                self._opened.add(run_id)
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={MLFLOW_PARENT_RUN_ID: self.parent_id, TRIAL_TAG: trial_id,
                                            MLFLOW_RUN_NAME: name, STUDY_TAG: "trial", **tags})
         run_id = run.info.run_id
         self._children[trial_id] = run_id
+        self._opened.add(run_id)
         self._log_params(run_id, params)
         return run_id
 
-    def log_chunk(self, run_id: str, chunk: str, rows: Iterable[Mapping[str, Any]], stream: str = "steps",
-                  prefix: str = "") -> int:
-        """Numeric columns of ``rows`` as metrics at step = row['step']; skipped when this stream of the run
-        already logged this chunk (a trial re-emits chunks after a restart)."""
-        last = self._last_chunk.get((run_id, stream), "")
-        if last and chunk_order(chunk) <= chunk_order(last):
-            return 0
+    def log_chunk(self, run_id: str, chunk: str, streams: Mapping[str, tuple[Iterable[Mapping[str, Any]], str]],
+                  tags: Mapping[str, Any] = ()) -> int:
+        """One chunk of a trial's rows, ``streams = {name: (rows, metric prefix)}``: numeric columns become
+        metrics at step = row['step']; a stream that already logged this chunk (the trial re-emitted it after a
+        restart) is skipped. Metrics, the chunk-key tags and ``tags`` go in as few ``log_batch`` calls as MLflow
+        allows: every call is a transaction on the store."""
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{prefix}{k}", float(v), now, int(row["step"]))
-                   for row in rows for k, v in row.items()
-                   if k not in ("step",) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and v is not None and math.isfinite(float(v))]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
-        self.client.set_tag(run_id, f"{CHUNK_TAG}.{stream}", chunk)
-        self._last_chunk[(run_id, stream)] = chunk
+        metrics, marks = [], []
+        for stream, (rows, prefix) in streams.items():
+            last = self._last_chunk.get((run_id, stream), "")
+            if last and chunk_order(chunk) <= chunk_order(last):
+                continue
+            metrics += [Metric(f"{prefix}{k}", float(v), now, int(row["step"]))
+                        for row in rows for k, v in row.items()
+                        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(float(v))]
+            marks.append(stream)
+        if not marks:
+            return 0
+        all_tags = [RunTag(f"{CHUNK_TAG}.{m}", chunk) for m in marks] + [RunTag(k, str(v)) for k, v in dict(tags).items()]
+        for i in range(0, max(len(metrics), 1), _BATCH):
+            last_call = i + _BATCH >= len(metrics)
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=all_tags if last_call else [])
+        for m in marks:
+            self._last_chunk[(run_id, m)] = chunk
         return len(metrics)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
@@ -132,8 +145,8 @@ class MlflowTracker:
     # ----------------------------------------------------------------------- internals
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 90):  # at most 100 params per batch
-            self.client.log_batch(run_id, params=items[i:i + 90])
+        for i in range(0, len(items), 100):  # at most 100 params per batch
+            self.client.log_batch(run_id, params=items[i:i + 100])
 
     def _search(self, filter_string: str):
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=5000)

@@ -141,6 +141,9 @@ def run_study(study: Study, profile: str, args) -> int:
         if started:
             ray.shutdown()
     wall = time.perf_counter() - t0
+    meta.setdefault("runs", []).append({"wall_seconds": wall, "write_seconds": dict(callback.write_seconds),
+                                        "resumed": bool(args.resume)})
+    exec_file.write_text(json.dumps(meta, indent=2))  # what the run cost, for benchmarks/orchestration.py
     _print_summary(study, results_dir, uri, wall, callback)
     return 0
 

@@ -129,7 +129,7 @@ class Trial:
                 self._evaluate()
             self.diag.after_step(self.step, self.wrapper.phase.value)
             if self.step % self.steps_per_epoch == 0 and self.epoch % self.cfg.train.checkpoint_every_epochs == 0:
-                self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="epoch")
+                self._checkpoint("epoch")
         return self._finish()
 
     def _due(self, prev: int, step: int) -> bool:
@@ -194,14 +194,18 @@ class Trial:
         self._batch_count += 1
 
     def _switch(self) -> None:
-        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="pre_switch")
+        self._checkpoint("pre_switch")
         pert = self.wrapper.switch()
         counts = self.wrapper.trainable_counts()
         self.sink.emit("events", {"event": "phase_switch", "step": self.step, "epoch": self.epoch,
                                   **pert.to_record(), **counts})
         self._evaluate()  # the loss at θ^τ, right after the perturbation
         self.diag.at_switch(self.step, self.wrapper.phase.value)
-        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="post_switch")
+        self._checkpoint("post_switch")
+
+    def _checkpoint(self, reason: str) -> None:
+        self.diag.flush()  # every row up to this step is emitted before the state that follows it is offered
+        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason=reason)
 
     # ----------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -279,6 +283,7 @@ class Trial:
 
     # ----------------------------------------------------------------------- end
     def _finish(self) -> TrialResult:
+        self.diag.close()
         final = self.last_eval
         summary: dict[str, Any] = {
             "status": "completed", "n": self.data.n, "m_y": self.data.spec.m_y, "loss": self.loss, "d": self.d,
@@ -300,7 +305,7 @@ class Trial:
                 summary["frozen_body_graphs"] = f"off: {runner.disabled}" if runner.disabled else \
                     f"on ({len(runner.graphs)} shapes)"
         self.sink.emit("summary", summary)
-        self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason="end")
+        self._checkpoint("end")
         return TrialResult(summary, self.model, self.data)
 
 

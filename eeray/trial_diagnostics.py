@@ -61,14 +61,23 @@ class TrialDiagnostics:
                                   "the budget, or set diag.assumption4/diag.lemma5 to False")
         if g.assumption4 and not isinstance(model, EEModel):
             raise ConfigError("diag.assumption4", True, "Assumption 4 is about the EE model; set ee.enabled")
+        self.pool = None
+        self._phases: dict[int, str] = {}
         if g.alignment:
             from eeray.diagnostics import AlignmentTracker, evaluation_schedule
 
             k = g.max_samples or x.shape[0]
             names = [n for n, _ in model.named_parameters()]  # J over all of θ, in both phases (eq 7)
-            self.tracker = AlignmentTracker(x[:k], y[:k], loss, params=names, tol=g.tol_membership,
-                                            memory_budget_bytes=self.budget, method=g.method, delta_m=g.delta_m,
-                                            certificate=g.certificate, seed=cfg.seed)
+            options = dict(tol=g.tol_membership, memory_budget_bytes=self.budget, method=g.method,
+                           delta_m=g.delta_m, certificate=g.certificate, seed=cfg.seed)
+            if g.actors:  # a Ray actor pool over data shards; training goes on while a snapshot is evaluated
+                from eeray.diagnostics.actors import DiagnosticsPool
+
+                self.pool = DiagnosticsPool(model, x[:k], num_actors=g.actors, params=names,
+                                            tracker_options=dict(y=y[:k], loss=loss, **options))
+                self.tracker = self.pool.tracker
+            else:
+                self.tracker = AlignmentTracker(x[:k], y[:k], loss, params=names, **options)
             self.schedule = evaluation_schedule(total_steps, unit=g.unit, every=g.every,
                                                 steps_per_epoch=steps_per_epoch)
             self._pending = list(self.schedule.steps)
@@ -122,13 +131,40 @@ class TrialDiagnostics:
         while self._pending and self._pending[0] <= step:
             self._pending.pop(0)
         t0 = time.perf_counter()
-        if self.tracker.step_0 is None:
+        if self.model_0_state is None:
             self.model_0_state = copy.deepcopy(self.model.state_dict())  # θ_0 for ΔM, and for resume
+        if self.pool is not None:
+            self._phases[step] = phase
+            self.pool.submit(step, self.model)  # a CPU snapshot now; the result comes back from poll()
+            self.seconds += time.perf_counter() - t0
+            self._emit(self.pool.poll())
+            return
         report = self.tracker.evaluate(self.model, step)
         took = time.perf_counter() - t0
         self.seconds += took
-        self.sink.emit("diagnostics", {**report.to_record(), "step": step, "phase": phase,
-                                       "schedule": self.schedule.description, "diag_seconds": took})
+        self._phases[step] = phase
+        self._emit([(step, report)], took)
+
+    def flush(self) -> None:
+        """Wait for the pool's pending evaluations (before a checkpoint, at the end): every row a checkpoint
+        covers has been emitted."""
+        if self.pool is not None:
+            t0 = time.perf_counter()
+            done = self.pool.collect()
+            self.seconds += time.perf_counter() - t0
+            self._emit(done)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.flush()
+            self.pool.shutdown()
+            self.pool = None
+
+    def _emit(self, done: list, took: float | None = None) -> None:
+        for step, report in done:
+            seconds = took if took is not None else report.seconds_total
+            self.sink.emit("diagnostics", {**report.to_record(), "step": step, "phase": self._phases.pop(step),
+                                           "schedule": self.schedule.description, "diag_seconds": seconds})
 
     # ----------------------------------------------------------------------- summary and checkpoint
     def summary(self) -> dict[str, Any]:

@@ -125,6 +125,11 @@ class DiagnosticsPool:
         return safety.Lemma5Report(heads)
 
     # ------------------------------------------------------------------ asynchronous use from a trial
+    @property
+    def tracker(self) -> AlignmentTracker | None:
+        """The tracker behind :meth:`submit` (Q_T so far, the ΔM reference); checkpointed by the trial."""
+        return self._tracker
+
     def submit(self, step: int, model: nn.Module) -> Future:
         """Snapshot ``model`` now (a CPU copy; training may go on) and evaluate it in the background with the
         pool's :class:`AlignmentTracker` (Q_T, ΔM). Results come back from :meth:`poll` attached to ``step``."""

@@ -117,7 +117,7 @@ def main() -> None:
     lines += [f"| {k} | {med[k] * 1e3:.2f} | {args.batch / med[k]:.0f} |" for k in kinds]
     lines += ["", f"- EE head overhead: {overhead * 100:+.1f}% (median of {args.rounds} per-round ratios; goal ≤ 5% on GPU)",
               f"- exploitation / exploration step: {exploit_ratio:.2f} (goal ≤ 0.40)",
-              "- exploitation runs the frozen backbone (eval mode) as CUDA graphs on the GPU (eeray.exploitation)"]
+              "- on CUDA, exploitation replays the frozen backbone (eval mode) as CUDA graphs (eeray.exploitation)"]
     (args.out / f"ee_overhead_{tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

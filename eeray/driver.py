@@ -16,7 +16,7 @@ from eeray.config import to_flat
 from eeray.results import ResultsWriter
 from eeray.tracking import MlflowTracker
 
-STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED"}
+STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 # what is worth a curve in the MLflow UI; Parquet keeps every column
 DIAG_METRICS = ("step", "q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
                 "energy_1e-08", "cert_bound", "seconds_total")
@@ -81,6 +81,14 @@ class StudyCallback(tune.Callback):
             self._finish(trial, "completed", rows["summary"][-1])
         elif result.get("failure_reason"):
             self._finish(trial, "failed", {"failure_reason": result["failure_reason"]})
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """A trial that ends without its summary was stopped early by the scheduler (ASHA)."""
+        if trial.trial_id not in self._finished:
+            last = trial.last_result or {}
+            self._finish(trial, "stopped", {"failure_reason": "stopped early by the scheduler",
+                                            **{f"final_{k}": last[k] for k in ("train_loss", "train_error",
+                                                                              "test_error") if k in last}})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         reason = _error_text(trial)

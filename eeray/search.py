@@ -14,7 +14,19 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 
-class GridOptunaSearch(Searcher):
+class _PicklingSearcher(Searcher):
+    """Tune saves a searcher's state with the experiment and restores it on ``--resume``: these keep all of it."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class GridOptunaSearch(_PicklingSearcher):
     def __init__(self, points: Sequence[Mapping[str, Any]], space: Mapping[str, Any], *, metric: str, mode: str,
                  samples_per_point: int, seed: int = 0):
         super().__init__(metric=metric, mode=mode)
@@ -48,16 +60,9 @@ class GridOptunaSearch(Searcher):
         if trial_id in self._owner:
             self._subs[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
-class PointsSearch(Searcher):
+class PointsSearch(_PicklingSearcher):
     """Exactly the study's points, in order, each once: Tune's trial config *is* the point. (Tune's own grid
     needs a full cartesian product, and a variant that pins an axis makes the study's grid a union of them.)"""
 
@@ -75,10 +80,3 @@ class PointsSearch(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))

@@ -166,8 +166,9 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, callb
     trials = res.trials
     cols = ["trial_name", "status"] + [c for c in study.summary_columns if c in trials.columns] + ["train_seconds"]
     with pd.option_context("display.max_rows", 200, "display.width", 160, "display.max_colwidth", 60):
-        print(f"\n{study.name}: {len(trials)} trials ({(trials.status == 'completed').sum()} completed, "
-              f"{(trials.status == 'failed').sum()} failed) in {wall:.0f} s")
+        counts = ", ".join(f"{(trials.status == s).sum()} {s}" for s in ("completed", "failed", "stopped")
+                           if s != "stopped" or (trials.status == s).any())
+        print(f"\n{study.name}: {len(trials)} trials ({counts}) in {wall:.0f} s")
         if len(trials):
             print(trials.sort_values("trial_name")[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         failed = trials[trials.status == "failed"]

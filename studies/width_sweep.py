@@ -14,15 +14,15 @@ Expect:   final training error falls with m_c, and trials whose runs stay aligne
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.study import Resources, Study, main
 
-SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples)
-    "smoke": (600, 3, [0], [1, 2], 24),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)
-    "laptop": (300, 60, [0, 1, 2], [1, 2, 4], 100),
-    "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None),
+SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples, diagnostics every k epochs)
+    "smoke": (600, 3, [0], [1, 2], 24, 1),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)
+    "laptop": (300, 60, [0, 1, 2], [1, 2, 4], 100, 2),
+    "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None, 60),  # 60 log-spaced evaluations (SPEC §4 D31)
 }
 
 
 def build(profile: str) -> Study:
-    n, epochs, seeds, widths, diag_n = SIZES[profile]
+    n, epochs, seeds, widths, diag_n, diag_every = SIZES[profile]
     base = TrialConfig(
         data=DataConfig(name="random16", n_train=n),
         model=ModelConfig(arch="lenet", lenet_pool="none"),  # SPEC §4 B14: the literal reading
@@ -30,8 +30,8 @@ def build(profile: str) -> Study:
         ee=EEConfig(enabled=False, tau=0.8, epsilon=1e-3),
         train=TrainConfig(epochs=epochs, batch_size=100 if n >= 100 else 16, eval_every=1,
                           checkpoint_every_epochs=max(1, epochs // 10)),
-        diag=DiagConfig(alignment=True, every=1, unit="epochs" if profile != "paper" else "log",
-                        max_samples=diag_n, memory_budget_gb=2.0),
+        diag=DiagConfig(alignment=True, every=diag_every, unit="epochs" if profile != "paper" else "log",
+                        max_samples=diag_n, memory_budget_gb=16.0 if profile == "paper" else 2.0),
     )
     return Study(
         name="width_sweep",

@@ -68,3 +68,15 @@ def test_user_factory_must_import():
 
     with pytest.raises(ConfigError, match="cannot import the user factory"):
         make_optimizer_factory(OptimConfig(name="no_such_module:make"))
+
+
+def test_importing_eeray_and_running_a_trial_imports_no_ray():
+    import subprocess
+    import sys
+
+    code = ("import sys, eeray, eeray.diagnostics, eeray.analysis\n"
+            "eeray.run_trial(eeray.TrialConfig(train=eeray.TrainConfig(epochs=2), ee=eeray.EEConfig(tau=0.5)))\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"

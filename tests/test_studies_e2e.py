@@ -199,3 +199,13 @@ def test_ee_vs_standard_smoke_runs_all_three_stages(smoke):
     chosen = grid.sort_values("final_test_error").iloc[0]  # the final stage uses the grid's argmin
     assert (ee["cfg.ee.epsilon"], ee["cfg.ee.tau"]) == (chosen["cfg.ee.epsilon"], chosen["cfg.ee.tau"])
     assert ee.exploit_seconds > 0 and final.explore_seconds.notna().all()  # wall-clock per phase (Table 5)
+
+
+def test_optuna_tunes_the_learning_rate_within_each_width(tmp_path):
+    out = run_study("tests/studies/tuned_study.py", tmp_path)
+    trials = load(tmp_path, "tuned").trials
+    # ASHA may stop a trial early (it depends on the order results arrive): such a trial is recorded as stopped
+    assert len(trials) == 4 and set(trials.status) <= {"completed", "stopped"}, out.stdout[-2000:]
+    assert (trials[trials.status == "stopped"].failure_reason == "stopped early by the scheduler").all()
+    assert sorted(trials["cfg.model.lenet_mc"].value_counts().tolist()) == [2, 2]
+    assert trials["cfg.optim.lr"].between(1e-3, 1e-1).all() and trials["cfg.optim.lr"].nunique() == 4

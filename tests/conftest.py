@@ -17,7 +17,6 @@ def _seeded():
 
 
 # --------------------------------------------------------------------------- studies, run once per session
-import os as _os  # noqa: E402
 import subprocess as _subprocess  # noqa: E402
 import sys as _sys  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402

@@ -85,11 +85,9 @@ def krylov_residual(p: Products, v: np.ndarray, *, solver: str = "lsqr", tol: fl
     btol = 0.1 * math.sqrt(tol)
     # conlim=0: no condition-number stop; a rank-deficient J has κ = ∞ and must still reach its projection
     if solver == "lsqr":
-        out = lsqr(op, v, atol=atol, btol=btol, conlim=0, iter_lim=max_iter)
-        x, istop, itn, r1norm = out[0], out[1], out[2], out[3]
+        x, istop, itn = lsqr(op, v, atol=atol, btol=btol, conlim=0, iter_lim=max_iter)[:3]
     elif solver == "lsmr":
-        out = lsmr(op, v, atol=atol, btol=btol, conlim=0, maxiter=max_iter)
-        x, istop, itn, r1norm = out[0], out[1], out[2], out[3]
+        x, istop, itn = lsmr(op, v, atol=atol, btol=btol, conlim=0, maxiter=max_iter)[:3]
     else:
         raise ValueError(f"solver = {solver!r} is invalid: must be 'lsqr' or 'lsmr'")
     r = v - op.matvec(x)  # the true residual, not the recurrence's estimate

@@ -16,7 +16,7 @@ from eeray.study import Resources, Study, main
 
 SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples, diagnostics every k epochs)
     "smoke": (600, 3, [0], [1, 2], 24, 1),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)
-    "laptop": (300, 60, [0, 1, 2], [1, 2, 4], 100, 2),
+    "laptop": (600, 40, [0, 1, 2], [1, 2, 4], 100, 2),  # n = 600: c = 0.5, 1, 2, 4 give m_H 1, 2, 3, 5 (m_c = 1)
     "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None, 60),  # 60 log-spaced evaluations (SPEC §4 D31)
 }
 

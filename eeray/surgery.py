@@ -57,12 +57,15 @@ class EEHead(nn.Module):
         self.register_buffer("gate_weight", torch.zeros_like(self.hidden.weight))
         self.register_buffer("gate_bias", torch.zeros_like(self.hidden.bias))
         self.register_buffer("gate_frozen", torch.zeros((), dtype=torch.bool))
+        # the same fact on the host: reading the buffer in forward() would make every step wait for the GPU
+        # (and could not be captured in a CUDA graph); kept in step by freeze_gate() and state-dict loading
+        self._gate_frozen = False
 
     def hidden_preact(self, z: torch.Tensor) -> torch.Tensor:  # (B, m̄) -> (B, m_y·m_H): W^(H−1,j) z
         return self.hidden(z)
 
     def gate(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:  # -> (B, m_y·m_H) in (0, 1)
-        if bool(self.gate_frozen):
+        if self._gate_frozen:
             with torch.no_grad():
                 h = F.linear(z, self.gate_weight, self.gate_bias)  # R^(j) z
         return torch.sigmoid(h * self.gate_scale if self.gate_scale != 1.0 else h)
@@ -83,6 +86,11 @@ class EEHead(nn.Module):
         self.gate_weight.copy_(self.hidden.weight)
         self.gate_bias.copy_(self.hidden.bias)
         self.gate_frozen.fill_(True)
+        self._gate_frozen = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._gate_frozen = bool(self.gate_frozen)  # once per load, not per step
 
     def head_weights(self, j: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(W^(H−1,j) with its constant-neuron column last, (m_H, m̄+1); W^(H)_{j*}, (m_H,))."""

@@ -94,6 +94,22 @@ def test_output_identical_across_the_gate_switch_and_gate_frozen_after():
     assert not torch.equal(ee(x), before)  # the linear factor W z does
 
 
+def test_a_frozen_gate_survives_state_dict_loading():
+    """The forward reads a host-side flag (no GPU sync per step); loading a state dict must set it."""
+    torch.manual_seed(0)
+    ee = to_ee_model(LeNet(1, 10), torch.randn(2, 1, 16, 16), m_H=6)
+    ee.head.freeze_gate()
+    with torch.no_grad():
+        ee.head.hidden.weight.add_(0.1)  # the gate no longer follows W
+    x = torch.randn(4, 1, 16, 16)
+    fresh = to_ee_model(LeNet(1, 10), torch.randn(2, 1, 16, 16), m_H=6)
+    fresh.load_state_dict(ee.state_dict())
+    assert torch.equal(fresh(x), ee(x))
+    unfrozen = to_ee_model(LeNet(1, 10), torch.randn(2, 1, 16, 16), m_H=6)
+    fresh.load_state_dict(unfrozen.state_dict())  # and back: an unfrozen state unfreezes
+    assert torch.equal(fresh(x), unfrozen(x))
+
+
 def test_no_fc_model_without_output_count_names_what_was_found():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Softplus())
     with pytest.raises(SurgeryError, match=r"no fully-connected last layer found \(last modules run: 0 \(Conv2d\), "

@@ -100,7 +100,8 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda
     checkpoint_every_epochs: int = 1  # the sink is offered a checkpoint this often (and at the switch)
     eval_batch_size: int = 1024
-    cuda_graphs: bool = True  # exploitation on CUDA: replay the frozen backbone's forward as CUDA graphs
+    cuda_graphs: bool = True  # on CUDA: SGD steps and the frozen backbone's forward replayed as CUDA graphs
+    channels_last: bool = True  # on CUDA, image models: NHWC layout (cuDNN's faster path), same precision
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from eeray import losses
 from eeray.config import TrialConfig, to_flat, validate
 from eeray.data import TrainingData, load_dataset
 from eeray.exploitation import FullBatchObjective, cached_features
+from eeray.graphed_step import GraphedTrainStep
 from eeray.models import build_model, init_fc_linear
 from eeray.records import NullSink, Sink
 from eeray.surgery import HIDDEN, EEModel, to_ee_model
@@ -70,6 +71,10 @@ class Trial:
         self.steps_per_epoch = math.ceil(self.data.n / config.train.batch_size)  # drop_last=False
         torch.manual_seed(config.seed)  # initialisation
         self.model = self._build_model()
+        # NHWC on CUDA: the same precision (PyTorch's default TF32 convolutions), faster cuDNN kernels (benchmarks/results/step_variants_gpu.md)
+        self._nhwc = config.train.channels_last and self.device.type == "cuda" and self.data.x_train.dim() == 4
+        if self._nhwc:
+            self.model.to(memory_format=torch.channels_last)
         self.schedule = PhaseSchedule.from_config(config.ee, config.train.epochs, self.steps_per_epoch)
         self.wrapper = wrapper_from_config(config, self.model, self.schedule, self.data.x_train, self.loss)
         self.diag = TrialDiagnostics(config, self.model, self.data.x_train, self.data.y_train, self.loss,
@@ -82,6 +87,9 @@ class Trial:
         self._batch_count = 0
         self._perm_epoch, self._perm = -1, None
         self._objective: FullBatchObjective | None = None
+        # SGD steps on CUDA as CUDA graphs (eeray.graphed_step): same arithmetic, far fewer kernel launches
+        self._graphed = GraphedTrainStep(self.model, self._mean_loss) \
+            if config.train.cuda_graphs and self.device.type == "cuda" else None
         self.last_eval: dict[str, Any] = {}
         self.resumed = False
 
@@ -153,7 +161,10 @@ class Trial:
         xb, yb = self.data.x_train[idx], self.data.y_train[idx]
         if self.data.augment is not None:
             xb = self.data.augment(xb, torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step))
-        return xb, yb
+        return self._layout(xb), yb
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self._nhwc else x
 
     def _skip_update(self) -> bool:
         """perturb_base='tau_minus_1': θ^τ = θ^{τ−1} + εδ literally, i.e. the last exploration update is dropped."""
@@ -171,6 +182,8 @@ class Trial:
                 value.backward()
                 return value
             value = opt.step(closure)
+        elif self._graphed is not None and not self._skip_update():
+            value = self._graphed.step(opt, xb, yb)
         else:
             value = losses.mean_loss(self.loss, self.model(xb), yb)
             if not self._skip_update():
@@ -179,6 +192,9 @@ class Trial:
                 opt.step()
         self._batch_loss += value.detach().double()
         self._batch_count += 1
+
+    def _mean_loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return losses.mean_loss(self.loss, out, y)
 
     def _lbfgs_epoch(self) -> None:
         """One exploitation epoch of full-batch L-BFGS on cached features (SPEC §4 A7): K iterations; with
@@ -222,7 +238,7 @@ class Trial:
                 continue
             loss_sum, wrong = 0.0, 0
             for i in range(0, x.shape[0], self.cfg.train.eval_batch_size):
-                out = self.model(x[i:i + self.cfg.train.eval_batch_size])
+                out = self.model(self._layout(x[i:i + self.cfg.train.eval_batch_size]))
                 yb = y[i:i + self.cfg.train.eval_batch_size]
                 loss_sum += float(losses.per_sample_loss(self.loss, out, yb).double().sum())
                 wrong += int((losses.predictions(self.loss, out) != yb).sum())
@@ -279,6 +295,8 @@ class Trial:
         self._batch_loss = state["batch_loss"].to(self.device)
         self._batch_count, self.last_eval = state["batch_count"], state["last_eval"]
         self.diag.load_state_dict(state["diag"])
+        if self._graphed is not None:
+            self._graphed.reset()  # captured graphs point at the optimizer state tensors just replaced
         self.resumed = True
 
     # ----------------------------------------------------------------------- end
@@ -292,8 +310,13 @@ class Trial:
             **{f"final_{k}": final.get(k) for k in ("train_loss", "train_error", "test_loss", "test_error")},
             **self.timers, "train_seconds": self.timers["explore_seconds"] + self.timers["exploit_seconds"],
             "device": str(self.device), "hardware": _hardware(self.device), "torch": torch.__version__,
+            "memory_format": "channels_last" if self._nhwc else "contiguous",
             "perturb_seed": perturb_seed_of(self.cfg), **self.diag.summary(),
         }
+        if self._graphed is not None:
+            g = self._graphed
+            summary["train_step_graphs"] = f"off: {g.disabled}" if g.disabled else \
+                f"on ({g.replays} of {self.schedule.total_steps} steps replayed)"
         if isinstance(self.model, EEModel):
             info = self.model.info
             summary.update({"surgery_mode": info.mode, "m_bar": info.m_bar, "m_H_minus_1": info.m_H_minus_1,

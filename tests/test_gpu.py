@@ -57,3 +57,50 @@ def test_exploitation_replays_the_frozen_body_as_cuda_graphs():
     torch.testing.assert_close(ee.features(x), eager, rtol=1e-4, atol=1e-5)  # the graph's z = the eager z
     ee.eval()
     torch.testing.assert_close(ee.features(x), eager, rtol=1e-4, atol=1e-5)  # eval runs eagerly
+
+
+def test_sgd_steps_replayed_as_cuda_graphs_follow_the_eager_trajectory():
+    """Whole-step graphs (eeray.graphed_step) in both phases, a full and a partial batch shape: the trained
+    parameters match an eager run, and most steps were replays."""
+    torch.backends.cudnn.deterministic = True
+    try:
+        def cfg(graphs: bool) -> TrialConfig:
+            return TrialConfig(data=DataConfig(name="cifar_sized", n_train=200, n_test=64, augment=True),
+                               model=ModelConfig(arch="preact_resnet18"),
+                               optim=OptimConfig(lr=0.02, momentum=0.9, weight_decay=1e-5),
+                               ee=EEConfig(m_H_factor=2.0, tau=5, tau_unit="epochs"),
+                               train=TrainConfig(epochs=10, batch_size=64, cuda_graphs=graphs),
+                               diag=DiagConfig(lemma5=False))
+
+        graphed, eager = run_trial(cfg(True), MemorySink()), run_trial(cfg(False), MemorySink())
+        status = graphed.summary["train_step_graphs"]
+        assert status.startswith("on (") and "train_step_graphs" not in eager.summary
+        replays = int(status.split("(")[1].split()[0])
+        # per phase, 5 epochs of 3 full (64) + 1 partial (8) batches; per shape 2 eager warm-up steps and 1
+        # checked capture, the rest replayed: (15 − 3) + (5 − 3) = 14
+        assert replays == 2 * 14, status
+        for (name, a), b in zip(graphed.model.state_dict().items(), eager.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        assert graphed.summary["final_train_loss"] == pytest.approx(eager.summary["final_train_loss"], rel=1e-4)
+    finally:
+        torch.backends.cudnn.deterministic = False
+
+
+def test_channels_last_trials_follow_the_contiguous_trajectory():
+    """train.channels_last only changes the layout: with TF32 off, an NHWC trial ends where an NCHW one does."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = True, False
+    try:
+        def cfg(nhwc: bool) -> TrialConfig:
+            return TrialConfig(data=DataConfig(name="cifar_sized", n_train=128, n_test=64, augment=True),
+                               model=ModelConfig(arch="preact_resnet18"), optim=OptimConfig(lr=0.02, momentum=0.9),
+                               ee=EEConfig(m_H_factor=2.0, tau=2, tau_unit="epochs"),
+                               train=TrainConfig(epochs=4, batch_size=64, channels_last=nhwc, cuda_graphs=False),
+                               diag=DiagConfig(lemma5=False))
+
+        nhwc, nchw = run_trial(cfg(True), MemorySink()), run_trial(cfg(False), MemorySink())
+        assert (nhwc.summary["memory_format"], nchw.summary["memory_format"]) == ("channels_last", "contiguous")
+        assert next(nhwc.model.body.parameters()).is_contiguous(memory_format=torch.channels_last)
+        for (name, a), b in zip(nhwc.model.state_dict().items(), nchw.model.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = False, True

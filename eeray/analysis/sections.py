@@ -20,6 +20,14 @@ class Omit(Exception):
     """This section does not apply to the study's data; the message says why."""
 
 
+def _or_omit(build, *args):
+    """``build(*args)``, a plot or table builder that raises ValueError when the data cannot support it."""
+    try:
+        return build(*args)
+    except ValueError as exc:
+        raise Omit(str(exc)) from None
+
+
 @dataclass
 class Context:
     results: Results
@@ -124,10 +132,7 @@ def q_t_sensitivity_section(ctx: Context) -> str:
 
 # --------------------------------------------------------------------------- curves
 def training_curves(ctx: Context) -> str:
-    try:
-        fig = plots.plot_training_curves(ctx.results, ctx.measures)
-    except ValueError as exc:
-        raise Omit(str(exc)) from None
+    fig = _or_omit(plots.plot_training_curves, ctx.results, ctx.measures)
     return ctx.figure(fig, "training_curves", "Fig. 1 style: full-training-set error (left of each pair) and Q_T "
                       "(right) against the optimizer step, per variant and dataset; colour = m_c (or setting), line "
                       "style = seed; dotted lines mark the switch τ (the error is shown before and after it).",
@@ -135,10 +140,7 @@ def training_curves(ctx: Context) -> str:
 
 
 def delta_m(ctx: Context) -> str:
-    try:
-        fig = plots.plot_delta_m(ctx.results, ctx.measures)
-    except ValueError as exc:
-        raise Omit(str(exc)) from None
+    fig = _or_omit(plots.plot_delta_m, ctx.results, ctx.measures)
     return ctx.figure(fig, "delta_m", "Fig. 3 style: ‖M(θ_t) − M(θ_0)‖_F² (change of the gradient representation) "
                       "against the step, log scale; dotted lines mark τ.", "delta M against step")
 
@@ -202,10 +204,7 @@ def lemma5(ctx: Context) -> str:
 
 
 def assumption4(ctx: Context) -> str:
-    try:
-        t = tables.assumption4_table(ctx.results)
-    except ValueError as exc:
-        raise Omit(str(exc)) from None
+    t = _or_omit(tables.assumption4_table, ctx.results)
     return h.paragraph("Table 2 style: Assumption 4 (safe exploration) at initialisation: the n×n Gram "
                        "(ZZᵀ)∘(SSᵀ) certified positive definite by a shifted Cholesky in float64 and cross-checked "
                        "by a second method.") + h.table(t.set_index("trial"), "assumption4", "Assumption 4 per dataset")

@@ -48,14 +48,13 @@ def measure(graphs: bool, nhwc: bool, bf16: bool, steps: int) -> dict:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
-    runner = GraphedTrainStep(Autocast(model, bf16), F.cross_entropy)
-    step = (lambda: runner.step(opt, x, y)) if graphs else (lambda: runner._eager(opt, x, y))
+    runner = GraphedTrainStep(Autocast(model, bf16), F.cross_entropy, enabled=graphs)
     for _ in range(20):  # warm-up: cuDNN autotuning, the graph's capture and check
-        step()
+        runner.step(opt, x, y)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        runner.step(opt, x, y)
     torch.cuda.synchronize()
     return {"graphs": graphs, "channels_last": nhwc, "bf16": bf16,
             "images_per_s": steps * 64 / (time.perf_counter() - t0),

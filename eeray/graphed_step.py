@@ -14,7 +14,8 @@ always the eager one, so the check never changes the trajectory.
 
 Only ``torch.optim.SGD`` is graphed: its update has no host-side step counter, and a Python-float learning rate
 is baked into the captured kernels. That is why a change of any hyperparameter drops the graphs. Other
-optimizers, minibatch L-BFGS and the literal τ−1 step run eagerly.
+optimizers, minibatch L-BFGS and the literal τ−1 step run eagerly. With ``enabled=False``, or on the CPU, every step
+is the eager one: a trial takes all its SGD-family steps through this one class.
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ class GraphedTrainStep:
     """``step(optimizer, x, y) -> loss`` (a 0-d tensor on the device); eager until a shape is warm, then replayed."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 warmup: int = 2, rtol: float = 1e-4):
+                 warmup: int = 2, rtol: float = 1e-4, enabled: bool = True):
         self.model, self.loss_fn, self.warmup, self.rtol = model, loss_fn, warmup, rtol
+        self.enabled = enabled
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.seen: Counter = Counter()
         self.disabled: str | None = None
@@ -52,7 +54,7 @@ class GraphedTrainStep:
         self._optimizer = None
 
     def step(self, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.disabled or not x.is_cuda or not self.supports(optimizer):
+        if not self.enabled or self.disabled or not x.is_cuda or not self.supports(optimizer):
             return self._eager(optimizer, x, y)
         hyper = tuple(tuple(g[k] for k in _HYPER) for g in optimizer.param_groups)
         if optimizer is not self._optimizer or hyper != self._hyper:
@@ -117,9 +119,10 @@ class GraphedTrainStep:
         loss = self._eager(optimizer, x, y)  # the step that counts
         worst = 0.0
         for g, t in zip(graphed + [graphed_loss], state + [loss]):
+            if t.numel() == 0:
+                continue
             if t.is_floating_point():
-                scale = float(t.abs().max()) if t.numel() else 0.0
-                worst = max(worst, float((g - t).abs().max()) / (scale + 1e-12) if t.numel() else 0.0)
+                worst = max(worst, float((g - t).abs().max()) / (float(t.abs().max()) + 1e-12))
             elif not torch.equal(g, t):
                 worst = float("inf")
         if worst > self.rtol:

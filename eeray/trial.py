@@ -71,7 +71,8 @@ class Trial:
         self.steps_per_epoch = math.ceil(self.data.n / config.train.batch_size)  # drop_last=False
         torch.manual_seed(config.seed)  # initialisation
         self.model = self._build_model()
-        # NHWC on CUDA: the same precision (PyTorch's default TF32 convolutions), faster cuDNN kernels (benchmarks/results/step_variants_gpu.md)
+        # NHWC on CUDA: the same precision (PyTorch's default TF32 convolutions), faster cuDNN kernels
+        # (benchmarks/results/step_variants_gpu.md)
         self._nhwc = config.train.channels_last and self.device.type == "cuda" and self.data.x_train.dim() == 4
         if self._nhwc:
             self.model.to(memory_format=torch.channels_last)
@@ -87,9 +88,9 @@ class Trial:
         self._batch_count = 0
         self._perm_epoch, self._perm = -1, None
         self._objective: FullBatchObjective | None = None
-        # SGD steps on CUDA as CUDA graphs (eeray.graphed_step): same arithmetic, far fewer kernel launches
-        self._graphed = GraphedTrainStep(self.model, self._mean_loss) \
-            if config.train.cuda_graphs and self.device.type == "cuda" else None
+        # every optimizer step but L-BFGS's; on CUDA replayed as CUDA graphs (eeray.graphed_step): same arithmetic,
+        # far fewer kernel launches
+        self._stepper = GraphedTrainStep(self.model, self._mean_loss, enabled=config.train.cuda_graphs)
         self.last_eval: dict[str, Any] = {}
         self.resumed = False
 
@@ -178,18 +179,14 @@ class Trial:
         if isinstance(opt, torch.optim.LBFGS):  # minibatch L-BFGS: the closure re-evaluates this batch
             def closure():
                 opt.zero_grad(set_to_none=True)
-                value = losses.mean_loss(self.loss, self.model(xb), yb)
+                value = self._mean_loss(self.model(xb), yb)
                 value.backward()
                 return value
             value = opt.step(closure)
-        elif self._graphed is not None and not self._skip_update():
-            value = self._graphed.step(opt, xb, yb)
+        elif self._skip_update():
+            value = self._mean_loss(self.model(xb), yb)  # the loss is still logged
         else:
-            value = losses.mean_loss(self.loss, self.model(xb), yb)
-            if not self._skip_update():
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                opt.step()
+            value = self._stepper.step(opt, xb, yb)
         self._batch_loss += value.detach().double()
         self._batch_count += 1
 
@@ -295,8 +292,7 @@ class Trial:
         self._batch_loss = state["batch_loss"].to(self.device)
         self._batch_count, self.last_eval = state["batch_count"], state["last_eval"]
         self.diag.load_state_dict(state["diag"])
-        if self._graphed is not None:
-            self._graphed.reset()  # captured graphs point at the optimizer state tensors just replaced
+        self._stepper.reset()  # captured graphs point at the optimizer state tensors just replaced
         self.resumed = True
 
     # ----------------------------------------------------------------------- end
@@ -313,8 +309,8 @@ class Trial:
             "memory_format": "channels_last" if self._nhwc else "contiguous",
             "perturb_seed": perturb_seed_of(self.cfg), **self.diag.summary(),
         }
-        if self._graphed is not None:
-            g = self._graphed
+        if self._stepper.enabled and self.device.type == "cuda":
+            g = self._stepper
             summary["train_step_graphs"] = f"off: {g.disabled}" if g.disabled else \
                 f"on ({g.replays} of {self.schedule.total_steps} steps replayed)"
         if isinstance(self.model, EEModel):

@@ -250,7 +250,7 @@ def _actor_scaling(model, x, args) -> dict:
     case = {"part": "c", "case": f"actor scaling n={x.shape[0]}"}
     try:
         import ray
-        from eeray.diagnostics.actors import DiagnosticsPool
+        from eeray.raytune.diagnostics_pool import DiagnosticsPool
     except ImportError:
         return {**case, "status": "skipped", "reason": "Ray is not installed on this machine"}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -26,7 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY = '''
 from eeray.config import DataConfig, EEConfig, TrainConfig, TrialConfig
-from eeray.study import Study, main
+from eeray.cli import main
+from eeray.study import Study
 def build(profile):
     base = TrialConfig(data=DataConfig(name="sine"), ee=EEConfig(tau=0.5),
                        train=TrainConfig(epochs=1, batch_size=100, eval_every=1))

@@ -290,7 +290,7 @@ def validate_optim(prefix: str, o: OptimConfig) -> None:
 
 def validate(cfg: TrialConfig) -> None:
     """Check every field and the cross-field rules that need no data. Raises ConfigError."""
-    from eeray import data as _data  # the dataset registry (no file access here)
+    from eeray import datasets as _data  # the torch-free dataset registry
 
     d, m, e, t, g = cfg.data, cfg.model, cfg.ee, cfg.train, cfg.diag
     _positive("seed", cfg.seed, integer=True, allow_zero=True)

@@ -2,12 +2,11 @@
 
 A study file (``studies/<name>.py``) defines ``build(profile) -> Study`` and ends with ``main(build)``; the
 user's command is ``python studies/<name>.py [--smoke | --profile P] [--resume]``. This module holds the
-declarative part (what a study is, how it expands into trials, how it is validated, the command line); the
-Ray part is in :mod:`eeray.tuning` and is imported only once validation has passed.
+declarative part (what a study is, how it expands into trials, how it is validated); the command line is
+:mod:`eeray.cli`, and the Ray part (:mod:`eeray.raytune`) is imported only once validation has passed.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import os
@@ -114,7 +113,7 @@ def _short(v: Any) -> str:
 def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
     """Every trial's config, the search space, data files, resources and (optionally) the safe-exploration
     necessary condition — all before Ray starts. Raises ConfigError naming the field and the fix."""
-    from eeray.data import DATASETS
+    from eeray.datasets import DATASETS
 
     if study.scheduler not in SCHEDULERS:
         raise ConfigError("study.scheduler", study.scheduler, f"must be one of {SCHEDULERS}")
@@ -164,7 +163,7 @@ def check_safe_exploration(cfg: TrialConfig) -> None:
     """Assumption 4 needs m_H·m_{H−1} ≥ n (necessary, not sufficient); name the smallest m_H that could work."""
     if not cfg.ee.enabled:
         return
-    from eeray.data import DATASETS
+    from eeray.datasets import DATASETS
     from eeray.models import head_input_width
     from eeray.surgery import resolve_m_H
 
@@ -207,63 +206,3 @@ def _check_resources(study: Study, specs: list[TrialSpec], cluster: bool) -> Non
     if any(s.config.diag.actors != r.diag_actors for s in specs if s.config.diag.alignment and s.config.diag.actors):
         raise ConfigError("diag.actors", specs[0].config.diag.actors,
                           f"must equal resources.diag_actors = {r.diag_actors} (the actors' bundles)")
-
-
-# --------------------------------------------------------------------------- command line
-def default_profile() -> tuple[str, str]:
-    import torch
-
-    if torch.cuda.is_available():
-        return "paper", "a GPU is visible"
-    return "laptop", "no GPU visible"
-
-
-def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
-    p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
-                   "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted execution (Tuner.restore)")
-    p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
-    p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
-                   help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
-    p.add_argument("--storage", help="Tune storage for checkpoints on a cluster (s3://..., NFS path); default "
-                   "<results-dir>/<study>/_tune")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="a running Ray cluster "
-                   "(default: start a local Ray)")
-    p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
-    return p.parse_args(argv)
-
-
-def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
-         extra_profiles: Sequence[str] = ()) -> int:
-    """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
-    doc = sys.modules[build.__module__].__doc__ if build.__module__ in sys.modules else None
-    args = parse_args(argv, doc, (*PROFILES, *extra_profiles))
-    if args.data_root:
-        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
-    if args.smoke:
-        profile, why = "smoke", "--smoke"
-    elif args.profile:
-        profile, why = args.profile, "--profile"
-    else:
-        profile, why = default_profile()
-        why = f"automatic: {why}; --profile to choose"
-    print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
-    study = build(profile)
-    study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
-    try:
-        specs = validate_study(study, cluster=bool(args.address))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"study '{study.name}': {len(specs)} grid points × {study.samples_per_point} sample(s); resources per "
-          f"trial {study.resources.bundles()}", flush=True)
-    if args.validate_only:
-        return 0
-    from eeray.tuning import run_study
-
-    return run_study(study, profile, args)

@@ -71,7 +71,7 @@ class TrialDiagnostics:
             options = dict(tol=g.tol_membership, memory_budget_bytes=self.budget, method=g.method,
                            delta_m=g.delta_m, certificate=g.certificate, seed=cfg.seed)
             if g.actors:  # a Ray actor pool over data shards; training goes on while a snapshot is evaluated
-                from eeray.diagnostics.actors import DiagnosticsPool
+                from eeray.raytune.diagnostics_pool import DiagnosticsPool
 
                 self.pool = DiagnosticsPool(model, x[:k], num_actors=g.actors, params=names,
                                             tracker_options=dict(y=y[:k], loss=loss, **options))

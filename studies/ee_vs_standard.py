@@ -23,7 +23,8 @@ import sys
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.data import present
 from eeray.results import load
-from eeray.study import Resources, Study, main
+from eeray.cli import main
+from eeray.study import Resources, Study
 
 PAPER = ("mnist", "cifar10", "cifar100", "semeion", "kmnist", "svhn")
 NO_AUG = ("mnist", "cifar10", "cifar100")  # Table 4

@@ -16,7 +16,8 @@ Expect:   the best learning rate per method (Standard, A with G̃ = SGD) and Tab
           than SGD at the chosen (τ0, ε).
 """
 from eeray.config import DataConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
-from eeray.study import Resources, Study, main
+from eeray.cli import main
+from eeray.study import Resources, Study
 
 LBFGS = {"ee.exploit_optim.name": "lbfgs", "ee.exploit_optim.lr": 1.0, "ee.exploit_optim.lbfgs_iters": 20,
          "ee.exploit_optim.lbfgs_history": 10}

@@ -16,7 +16,8 @@ import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig
 from eeray.data import DATASETS, present
-from eeray.study import Resources, Study, main
+from eeray.cli import main
+from eeray.study import Resources, Study
 
 CANDIDATES = ("digits16", "semeion", "mnist", "kmnist", "fashion_mnist", "cifar10", "cifar100", "svhn")
 N_CAP = {"smoke": 300, "laptop": 3000, "paper": None}  # None: the paper's full training sets

@@ -17,7 +17,8 @@ Expect:   per choice, the fraction of seeds where GD gets stuck (final training 
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
-from eeray.study import Study, main
+from eeray.cli import main
+from eeray.study import Study
 
 SIZES = {  # profile: (epochs, τ in steps, seeds, diagnostics every k epochs, full sensitivity grid?)
     "smoke": (150, 30, [0, 1], 50, False),

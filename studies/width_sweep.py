@@ -12,7 +12,8 @@ Expect:   final training error falls with m_c, and trials whose runs stay aligne
           analysis/width_vs_alignment.ipynb tests whether alignment explains the error beyond size.
 """
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
-from eeray.study import Resources, Study, main
+from eeray.cli import main
+from eeray.study import Resources, Study
 
 SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples, diagnostics every k epochs)
     "smoke": (600, 3, [0], [1, 2], 24, 1),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)

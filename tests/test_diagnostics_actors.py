@@ -15,7 +15,7 @@ from eeray.diagnostics.errors import DiagnosticsError  # noqa: E402
 from eeray.diagnostics.gram import build_gram  # noqa: E402
 from eeray.diagnostics.jacobian import FunctionalModel  # noqa: E402
 from eeray.diagnostics.safety import assumption4_report, lemma5_report  # noqa: E402
-from eeray.diagnostics.tracking import AlignmentTracker  # noqa: E402
+from eeray.diagnostics.q_tracker import AlignmentTracker  # noqa: E402
 from eeray.surgery import to_ee_model  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -38,7 +38,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def pool(cluster):
-    from eeray.diagnostics.actors import DiagnosticsPool
+    from eeray.raytune.diagnostics_pool import DiagnosticsPool
     model, x, y = ee_setup()
     p = DiagnosticsPool(model, x, num_actors=2, num_cpus=0.5, tracker_options=dict(y=y, loss="ce", method="dense"))
     yield p, model, x, y
@@ -112,7 +112,7 @@ def test_actors_use_the_callers_placement_group_bundles(cluster):
 
     @ray.remote
     def trial(num_actors, model, x, y):  # stands in for a Tune trial running in bundle 0
-        from eeray.diagnostics.actors import DiagnosticsPool
+        from eeray.raytune.diagnostics_pool import DiagnosticsPool
         from eeray.diagnostics.errors import DiagnosticsError
         try:
             p = DiagnosticsPool(model, x, num_actors=num_actors)

@@ -11,7 +11,7 @@ from eeray.diagnostics import alignment_report
 from eeray.diagnostics.errors import DiagnosticsError
 from eeray.diagnostics.gram import build_gram
 from eeray.diagnostics.jacobian import FunctionalModel
-from eeray.diagnostics.tracking import AlignmentTracker, QTracker, evaluation_schedule
+from eeray.diagnostics.q_tracker import AlignmentTracker, QTracker, evaluation_schedule
 
 
 

@@ -2,7 +2,7 @@
 import pytest
 from ray import tune
 
-from eeray.search import GridOptunaSearch, PointsSearch
+from eeray.raytune.searchers import GridOptunaSearch, PointsSearch
 
 pytestmark = pytest.mark.ray
 

@@ -66,7 +66,7 @@ def test_missing_real_dataset_fails_before_ray(tmp_path, monkeypatch):
 def test_study_command_line_fails_fast_without_starting_ray(tmp_path):
     script = tmp_path / "bad_study.py"
     script.write_text(
-        "from eeray.config import TrialConfig\nfrom eeray.study import Study, main\n"
+        "from eeray.config import TrialConfig\nfrom eeray.cli import main\nfrom eeray.study import Study\n"
         "def build(profile):\n    return Study('bad', TrialConfig(), grid={'ee.tau': [0.5, 2.0]})\n"
         "rc = main(build)\nimport sys\nprint('ray imported' if 'ray' in sys.modules else 'no ray')\n"
         "raise SystemExit(rc)\n")

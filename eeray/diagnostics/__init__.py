@@ -1,8 +1,8 @@
 """Diagnostics on model snapshots: alignment (Def. 2), rank, ΔM, Q_T, the Theorem-3 certificate, and the
 safe-exploration certificates (Assumption 4, Lemma 5), all decided in float64 under a memory budget.
 
-No Ray import here: the actor pool (:class:`eeray.diagnostics.actors.DiagnosticsPool`) lives in
-``eeray.diagnostics.actors`` and imports Ray itself.
+No Ray import here: the actor pool (:class:`eeray.raytune.diagnostics_pool.DiagnosticsPool`) lives in
+``eeray.raytune.diagnostics_pool`` and imports Ray itself.
 """
 from eeray.diagnostics.alignment import AlignmentReport, alignment_report
 from eeray.diagnostics.certificate import Certificate
@@ -14,7 +14,7 @@ from eeray.diagnostics.jacobian import FunctionalModel
 from eeray.diagnostics.losses import modified_targets
 from eeray.diagnostics.safety import (Assumption4Report, Lemma5Report, assumption4_report, check_width, lemma5_report,
                                       lipschitz_hat, minimum_m_H, random_gate_certificate)
-from eeray.diagnostics.tracking import AlignmentTracker, QTracker, Schedule, evaluation_schedule
+from eeray.diagnostics.q_tracker import AlignmentTracker, QTracker, Schedule, evaluation_schedule
 
 __all__ = [
     "AlignmentReport", "alignment_report", "AlignmentTracker", "QTracker", "Schedule", "evaluation_schedule",

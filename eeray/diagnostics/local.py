@@ -1,7 +1,7 @@
 """The in-process backend of the alignment report: everything on the model's own device.
 
 A backend answers the few questions the report asks (outputs, M, J·u / Jᵀ·w, L and ‖∇L‖, ν); the actor pool
-(:mod:`eeray.diagnostics.actors`) answers the same questions with data shards on Ray actors, so both run the
+(:mod:`eeray.raytune.diagnostics_pool`) answers the same questions with data shards on Ray actors, so both run the
 same decision code and give the same answers.
 """
 from __future__ import annotations

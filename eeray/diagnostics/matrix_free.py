@@ -23,7 +23,7 @@ from eeray.diagnostics.jacobian import FunctionalModel, eval_mode
 
 @dataclass
 class Products:
-    """The two primitive products of a Jacobian J (N × d); local or distributed (see actors.py)."""
+    """The two primitive products of a Jacobian J (N × d); local or distributed (see eeray.raytune.diagnostics_pool)."""
     N: int
     d: int
     jvp: Callable[[np.ndarray], np.ndarray]  # u (d,) -> J u (N,)

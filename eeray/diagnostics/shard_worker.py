@@ -1,5 +1,5 @@
-"""The actor class of :mod:`eeray.diagnostics.actors`, kept free of Ray so it can be tested and read alone:
-one shard of the samples, the model structure, and the snapshots sent to it (by id). ``actors.py`` wraps it with
+"""The actor class of :mod:`eeray.raytune.diagnostics_pool`, kept free of Ray so it can be tested and read alone:
+one shard of the samples, the model structure, and the snapshots sent to it (by id). ``eeray.raytune.diagnostics_pool`` wraps it with
 ``ray.remote``; every method is the local computation on the shard."""
 from __future__ import annotations
 

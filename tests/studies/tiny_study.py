@@ -1,7 +1,8 @@
 """A tiny study for the orchestration tests: four LeNet trials on random 16x16 images, one of which diverges
 (learning rate 1e12), with a checkpoint at every epoch so a kill can land mid-trial."""
 from eeray.config import DataConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
-from eeray.study import Study, main
+from eeray.cli import main
+from eeray.study import Study
 
 
 def build(profile: str) -> Study:

@@ -2,7 +2,8 @@
 from ray import tune
 
 from eeray.config import DataConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig
-from eeray.study import Study, main
+from eeray.cli import main
+from eeray.study import Study
 
 
 def build(profile: str) -> Study:

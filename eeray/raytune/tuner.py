@@ -23,11 +23,11 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
-from eeray.driver import StudyCallback  # noqa: E402
+from eeray.raytune.callback import StudyCallback  # noqa: E402
 from eeray.results import load  # noqa: E402
 from eeray.study import ALIASES, Study  # noqa: E402
-from eeray.tracking import default_tracking_uri, ui_command  # noqa: E402
-from eeray.trainable import tune_trial  # noqa: E402
+from eeray.mlflow_mirror import default_tracking_uri, ui_command  # noqa: E402
+from eeray.raytune.trainable import tune_trial  # noqa: E402
 
 EXECUTION_FILE = "execution.json"
 
@@ -45,13 +45,13 @@ def make_tuner(study: Study, storage: str, callback: StudyCallback, max_concurre
                                     tune.PlacementGroupFactory(study.resources.bundles()))
     points = study.points()
     if study.search:
-        from eeray.search import GridOptunaSearch
+        from eeray.raytune.searchers import GridOptunaSearch
 
         search_alg = GridOptunaSearch(points, study.search, metric=study.metric, mode=study.mode,
                                       samples_per_point=study.samples_per_point, seed=study.base.seed)
         param_space, num_samples = {}, len(points) * study.samples_per_point
     else:  # exactly the study's points, in order; Tune's config is the point itself
-        from eeray.search import PointsSearch
+        from eeray.raytune.searchers import PointsSearch
 
         search_alg = PointsSearch(points)
         param_space, num_samples = {}, len(points)

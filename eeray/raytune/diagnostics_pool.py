@@ -35,7 +35,7 @@ from eeray.diagnostics.hadamard import GramRankReport, gram_certificate
 from eeray.diagnostics.local import LocalBackend
 from eeray.diagnostics.matrix_free import Products
 from eeray.diagnostics.shard_worker import ShardWorker
-from eeray.diagnostics.tracking import AlignmentTracker
+from eeray.diagnostics.q_tracker import AlignmentTracker
 
 
 class DiagnosticsPool:

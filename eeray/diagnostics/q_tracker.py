@@ -91,7 +91,7 @@ class AlignmentTracker:
     Args: as :func:`alignment_report`, plus ``delta_m`` (‖M_T − M_0‖_F² and ‖·‖₂²: exact in dense mode, which
       stores M_0 (N²·8 bytes, taken from the budget); Hutchinson with ``hutchinson_probes`` probes and
       Lanczos in matrix-free mode, which keeps a copy of the θ_0 model) and ``backend_factory(model)`` (default:
-      in-process; :class:`eeray.diagnostics.actors.DiagnosticsPool` supplies its own).
+      in-process; :class:`eeray.raytune.diagnostics_pool.DiagnosticsPool` supplies its own).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, loss: str, *, params: Sequence[str] | None = None,

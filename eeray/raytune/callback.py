@@ -14,7 +14,7 @@ from ray import tune
 
 from eeray.config import to_flat
 from eeray.results import ResultsWriter
-from eeray.tracking import MlflowTracker
+from eeray.mlflow_mirror import MlflowTracker
 
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
 # what is worth a curve in the MLflow UI; Parquet keeps every column

@@ -3,7 +3,7 @@
 Rows are buffered and reported only together with a checkpoint, so every report closes a chunk whose name is
 the checkpoint's (step, reason). A trial restarted from a checkpoint re-emits exactly the chunks after it, with
 the same names: the driver's Parquet writes replace, never duplicate. Trials only report; all MLflow and
-Parquet writing happens in the driver (:mod:`eeray.driver`).
+Parquet writing happens in the driver (:mod:`eeray.raytune.callback`).
 """
 from __future__ import annotations
 

@@ -1,0 +1,75 @@
+"""The command line every study file shares: ``python studies/<name>.py [--smoke | --profile P] [--resume] ...``.
+
+A study file defines ``build(profile) -> Study`` and ends with ``raise SystemExit(main(build))``. Parsing and
+validation import no Ray; :mod:`eeray.raytune` is imported only once the whole study has been validated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from eeray.config import ConfigError
+from eeray.study import PROFILES, Study, validate_study
+
+
+def default_profile() -> tuple[str, str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return "paper", "a GPU is visible"
+    return "laptop", "no GPU visible"
+
+
+def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
+    p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
+                   "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted execution (Tuner.restore)")
+    p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
+    p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
+                   help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
+    p.add_argument("--storage", help="Tune storage for checkpoints on a cluster (s3://..., NFS path); default "
+                   "<results-dir>/<study>/_tune")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="a running Ray cluster "
+                   "(default: start a local Ray)")
+    p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
+    return p.parse_args(argv)
+
+
+def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
+         extra_profiles: Sequence[str] = ()) -> int:
+    """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
+    doc = sys.modules[build.__module__].__doc__ if build.__module__ in sys.modules else None
+    args = parse_args(argv, doc, (*PROFILES, *extra_profiles))
+    if args.data_root:
+        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
+    if args.smoke:
+        profile, why = "smoke", "--smoke"
+    elif args.profile:
+        profile, why = args.profile, "--profile"
+    else:
+        profile, why = default_profile()
+        why = f"automatic: {why}; --profile to choose"
+    print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
+    study = build(profile)
+    study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
+    try:
+        specs = validate_study(study, cluster=bool(args.address))
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"study '{study.name}': {len(specs)} grid points × {study.samples_per_point} sample(s); resources per "
+          f"trial {study.resources.bundles()}", flush=True)
+    if args.validate_only:
+        return 0
+    from eeray.raytune.tuner import run_study
+
+    return run_study(study, profile, args)

@@ -2,6 +2,10 @@
 
 A study file defines ``build(profile) -> Study`` and ends with ``raise SystemExit(main(build))``. Parsing and
 validation import no Ray; :mod:`eeray.raytune` is imported only once the whole study has been validated.
+
+Exit status: 0 every trial completed (or was stopped early by the study's own scheduler); 2 bad input or a
+refusal (nothing ran); 3 the study ran to its end but some trials failed; 130 interrupted (Ctrl-C), with the
+command that continues it printed; 1 the driver itself failed (a traceback).
 """
 from __future__ import annotations
 
@@ -30,14 +34,17 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
     p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
                    "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted execution (Tuner.restore)")
+    p.add_argument("--resume", action="store_true", help="continue the execution in the results directory; refused "
+                   "if the study now differs from the recorded one (the difference is printed)")
+    p.add_argument("--extend", action="store_true", help="continue the execution and run the trials added to the "
+                   "study since it started (every recorded trial must be unchanged)")
     p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
     p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
                    help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
     p.add_argument("--storage", help="Tune storage for checkpoints on a cluster (s3://..., NFS path); default "
                    "<results-dir>/<study>/_tune")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="a running Ray cluster "
-                   "(default: start a local Ray)")
+    p.add_argument("--address", help="join a running Ray cluster: 'auto' (the one `ray start` left on this "
+                   "machine) or host:port; default: start a local Ray for this study only")
     p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
@@ -49,6 +56,9 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
     doc = sys.modules[build.__module__].__doc__ if build.__module__ in sys.modules else None
     args = parse_args(argv, doc, (*PROFILES, *extra_profiles))
+    if args.fresh and (args.resume or args.extend):
+        print("error: --fresh starts over; it does not go with --resume or --extend", file=sys.stderr)
+        return 2
     if args.data_root:
         os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
     if args.smoke:
@@ -58,6 +68,9 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     else:
         profile, why = default_profile()
         why = f"automatic: {why}; --profile to choose"
+        recorded = _recorded_profile(build(profile).name, args) if (args.resume or args.extend) else None
+        if recorded and recorded != profile:
+            profile, why = recorded, "recorded by the execution being continued"
     print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
     study = build(profile)
     study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
@@ -73,3 +86,13 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     from eeray.raytune.tuner import run_study
 
     return run_study(study, profile, args)
+
+
+def _recorded_profile(name: str, args) -> str | None:
+    import json
+
+    path = Path(args.results_dir) / name / "execution.json"
+    try:
+        return json.loads(path.read_text()).get("profile")
+    except (OSError, ValueError):
+        return None

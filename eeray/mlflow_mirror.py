@@ -1,27 +1,53 @@
-"""MLflow, written by the driver only (ARCHITECTURE.md principle 9): for browsing, not the source of truth.
+"""MLflow as a mirror of the Parquet record: for browsing, never a dependency and never the source of truth.
 
 One parent run per study execution, one child run per trial linked by the ``mlflow.parentRunId`` tag and named
-readably (``m_c=2 seed=1``), parameters once, metrics with step = optimizer step, tags for the dataset, the
-phase-switch step and the git commit, small artifacts at trial end. Every write names its run id explicitly
-(no "active run" state), so a resumed study reopens the same parent and child runs instead of creating new ones,
-and a chunk of rows already logged is never logged twice (its key is kept in the ``eeray.last_chunk`` tag).
+readably (``ee c=2 m_c=1 seed=0``), parameters once, metrics with step = optimizer step, tags for the dataset,
+the phase switch and the git commit, small artifacts at trial end. Only the driver writes (or
+``python -m eeray.mlflow_sync``, which builds or completes the mirror from Parquet).
+
+Exactly one point per (metric, step), whatever happens around a write. MLflow itself is the state: the first time
+this process touches a run it reads the run's metric histories, and from then on it logs only points whose
+(metric, step) is absent. A driver killed at any instant, a resumed trial that re-emits rows, or a sync after an
+outage therefore never duplicates a point and, once the sync has run, never misses one. At a step with rows of
+both phases (the switch step τ), the exploration row is the one mirrored (Parquet keeps both). Timestamps are a
+pure function of the execution and the step, so a request that MLflow's HTTP client retries after the server
+had already committed it is an exact duplicate, which MLflow's SQL store drops.
+
+Requests are bounded (``MLFLOW_HTTP_REQUEST_TIMEOUT`` 10 s, 2 retries unless the user set them), and
+:class:`Mirror` turns the first failure into one warning and stops mirroring for the rest of the run, so a study
+never waits on or fails because of MLflow.
 
 Embedded default: SQLite under the results directory; ``MLFLOW_TRACKING_URI`` points at a server instead.
 """
 from __future__ import annotations
 
 import math
+import numbers
 import os
-import time
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+# bounded requests: MLflow's defaults (120 s timeout, 7 retries with backoff) block a study for minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
-STUDY_TAG, TRIAL_TAG, EXECUTION_TAG, CHUNK_TAG = "eeray.study", "eeray.trial_id", "eeray.execution", "eeray.last_chunk"
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+
+from eeray import faults  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
+
+STUDY_TAG, TRIAL_TAG, EXECUTION_TAG = "eeray.study", "eeray.trial_id", "eeray.execution"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+PHASE_RANK = {"explore": 0, "exploit": 1}  # at one step, the earlier phase's row is mirrored
+# what is worth a curve in the MLflow UI (prefixed diag_); Parquet keeps every column
+DIAG_METRICS = ("q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
+                "energy_1e-08", "cert_bound", "seconds_total")
+STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "interrupted": "KILLED"}
+
+Point = tuple[str, int, float]  # (metric key, step, value)
 
 
 def default_tracking_uri(results_dir: str | os.PathLike) -> str:
@@ -32,21 +58,41 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
 def ui_command(tracking_uri: str, port: int = 5000) -> str:
     if tracking_uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}"
-    return f"open {tracking_uri} in a browser (an SSH tunnel on a cluster: see README 'Run on a cluster')"
+    return f"open {tracking_uri} in a browser (on a cluster through an SSH tunnel: docs/cluster.md)"
 
 
-def chunk_order(chunk: str) -> tuple[int, int]:
-    """Chunks are named '<step:09d>-<reason>'; order them by step, then by checkpoint reason in the order the
-    loop offers them at one step: the epoch end, then the switch (before, after), then the trial's end."""
-    step, _, reason = chunk.partition("-")
-    rank = {"epoch": 0, "pre_switch": 1, "post_switch": 2, "end": 3}.get(reason, 4)
-    return int(step), rank
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or type(v).__name__ == "bool_":
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapping[str, Any]]) -> list[Point]:
+    """The points a trial's rows mirror to: every numeric column of ``steps``, and ``DIAG_METRICS`` of
+    ``diagnostics`` as ``diag_<name>``; one point per (key, step), the earlier phase's row winning."""
+    out: dict[tuple[str, int], float] = {}
+
+    def add(rows, keys, prefix):
+        for row in sorted(rows, key=lambda r: (int(r["step"]), PHASE_RANK.get(r.get("phase"), 2))):
+            for k in keys(row):
+                value = _number(row.get(k))
+                if value is not None:
+                    out.setdefault((prefix + k, int(row["step"])), value)
+
+    add(list(steps), lambda r: [k for k in r if k != "step"], "")
+    add(list(diagnostics), lambda r: DIAG_METRICS, "diag_")
+    return [(k, s, v) for (k, s), v in out.items()]
 
 
 class MlflowTracker:
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None = None):
+    """Plain MLflow writes, every one naming its run (no "active run" state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None = None,
+                 time_origin_ms: int = 0):
         self.client = MlflowClient(tracking_uri)
         self.uri = tracking_uri
+        self.time_origin_ms = time_origin_ms  # timestamps = origin + step: identical when a point is re-sent
         # creating the experiment creates the SQLite schema: once, in the driver, before any trial starts
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -55,98 +101,131 @@ class MlflowTracker:
         else:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
-        self._children: dict[str, str] = {}
-        self._last_chunk: dict[tuple[str, str], str] = {}  # (run, stream) -> the last chunk logged
-        self._opened: set[str] = set()  # runs this process has created or reopened
+        self._children: dict[str, str] = {}  # trial id -> run id
+        self._points: dict[str, set[tuple[str, int]]] = {}  # run id -> (key, step) already in MLflow
 
     # ----------------------------------------------------------------------- the study's parent run
     def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """Create the parent run of this study execution, or reopen it when the execution is resumed."""
+        """Create the parent run of this study execution, or reopen it when the execution continues."""
         found = self._search(f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{STUDY_TAG}` = 'parent'")
         if found:
             self.parent_id = found[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             for run in self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'"):
                 self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
-                for tag, value in run.data.tags.items():
-                    if tag.startswith(CHUNK_TAG + "."):
-                        self._last_chunk[(run.info.run_id, tag[len(CHUNK_TAG) + 1:])] = value
             return self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={STUDY_TAG: "parent", EXECUTION_TAG: execution, **tags})
         self.parent_id = run.info.run_id
+        self._points[self.parent_id] = set()
         self._log_params(self.parent_id, params)
         return self.parent_id
 
-    def finish_study(self, status: str = "FINISHED") -> None:
-        if self.parent_id:
-            self.client.set_terminated(self.parent_id, status=status)
+    def finish_study(self, status: str, summary: Mapping[str, Any] | None = None,
+                     artifacts: Mapping[str, Any] = ()) -> None:
+        """The parent carries the study's outcome (counts as metrics) and its summary table (an artifact)."""
+        if self.parent_id is None:
+            return
+        if summary:
+            self.log_points(self.parent_id, [(k, 0, v) for k, v in summary.items() if _number(v) is not None])
+        for name, content in dict(artifacts).items():
+            if name.endswith(".json"):
+                self.client.log_dict(self.parent_id, content, name)
+            else:
+                self.client.log_text(self.parent_id, str(content), name)
+        self.client.set_terminated(self.parent_id, status=status)
 
     # ----------------------------------------------------------------------- child runs
     def child(self, trial_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """The trial's child run: found by its trial id (resume, retries), else created with its params."""
+        """The trial's child run: found by its trial id (resume, retries, sync), else created with its params."""
         if trial_id in self._children:
-            run_id = self._children[trial_id]
-            if run_id not in self._opened:  # a run of an earlier (interrupted) execution: running again
-                self.client.update_run(run_id, status="RUNNING")
-                self._opened.add(run_id)
-            return run_id
+            return self._children[trial_id]
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={MLFLOW_PARENT_RUN_ID: self.parent_id, TRIAL_TAG: trial_id,
                                            MLFLOW_RUN_NAME: name, STUDY_TAG: "trial", **tags})
         run_id = run.info.run_id
         self._children[trial_id] = run_id
-        self._opened.add(run_id)
+        self._points[run_id] = set()
         self._log_params(run_id, params)
         return run_id
 
-    def log_chunk(self, run_id: str, chunk: str, streams: Mapping[str, tuple[Iterable[Mapping[str, Any]], str]],
-                  tags: Mapping[str, Any] = ()) -> int:
-        """One chunk of a trial's rows, ``streams = {name: (rows, metric prefix)}``: numeric columns become
-        metrics at step = row['step']; a stream that already logged this chunk (the trial re-emitted it after a
-        restart) is skipped. Metrics, the chunk-key tags and ``tags`` go in as few ``log_batch`` calls as MLflow
-        allows: every call is a transaction on the store."""
-        now = int(time.time() * 1000)
-        metrics, marks = [], []
-        for stream, (rows, prefix) in streams.items():
-            last = self._last_chunk.get((run_id, stream), "")
-            if last and chunk_order(chunk) <= chunk_order(last):
-                continue
-            metrics += [Metric(f"{prefix}{k}", float(v), now, int(row["step"]))
-                        for row in rows for k, v in row.items()
-                        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and math.isfinite(float(v))]
-            marks.append(stream)
-        if not marks:
-            return 0
-        all_tags = [RunTag(f"{CHUNK_TAG}.{m}", chunk) for m in marks] + [RunTag(k, str(v)) for k, v in dict(tags).items()]
-        for i in range(0, max(len(metrics), 1), _BATCH):
-            last_call = i + _BATCH >= len(metrics)
-            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH], tags=all_tags if last_call else [])
-        for m in marks:
-            self._last_chunk[(run_id, m)] = chunk
+    def has_child(self, trial_id: str) -> bool:
+        return trial_id in self._children
+
+    def children(self) -> dict[str, str]:
+        return dict(self._children)
+
+    def run_status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log_points(self, run_id: str, points: Iterable[Point]) -> int:
+        """Log the points whose (key, step) the run does not have yet; returns how many were logged."""
+        have = self._existing(run_id)
+        new = [(k, s, v) for k, s, v in points if (k, s) not in have]
+        metrics = [Metric(k, v, self.time_origin_ms + s, s) for k, s, v in new]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
+            faults.reached("mlflow_batch")
+            have.update((m.key, m.step) for m in metrics[i:i + _BATCH])
         return len(metrics)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        if tags:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def finish_trial(self, run_id: str, status: str, summary: Mapping[str, Any],
                      artifacts: Mapping[str, Mapping[str, Any]] = ()) -> None:
-        """Final metrics and small JSON artifacts, then FINISHED / FAILED."""
-        finals = {k: v for k, v in summary.items() if k.startswith("final_") and isinstance(v, (int, float))
-                  and not isinstance(v, bool) and v is not None and math.isfinite(float(v))}
-        if finals:
-            now = int(time.time() * 1000)
-            self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in finals.items()])
+        """Final metrics (at step 0) and small JSON artifacts, then FINISHED / FAILED / KILLED."""
+        self.log_points(run_id, [(k, 0, v) for k, v in summary.items()
+                                 if k.startswith("final_") and _number(v) is not None])
         for name, content in dict(artifacts).items():
             self.client.log_dict(run_id, dict(content), name)
+        faults.reached("mlflow_finish")
         self.client.set_terminated(run_id, status=status)
 
     # ----------------------------------------------------------------------- internals
+    def _existing(self, run_id: str) -> set[tuple[str, int]]:
+        """(key, step) of every point the run holds: read from MLflow once per process, kept up to date after."""
+        if run_id not in self._points:
+            have: set[tuple[str, int]] = set()
+            for key in self.client.get_run(run_id).data.metrics:
+                have.update((key, m.step) for m in self.client.get_metric_history(run_id, key))
+            self._points[run_id] = have
+        return self._points[run_id]
+
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # at most 100 params per batch
             self.client.log_batch(run_id, params=items[i:i + 100])
 
     def _search(self, filter_string: str):
-        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=5000)
+        return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=50000)
+
+
+class Mirror:
+    """A study's MLflow mirror, failure-isolated: the first failed call prints one warning (what happened and the
+    command that rebuilds the mirror from Parquet) and turns mirroring off for the rest of this run."""
+
+    def __init__(self, open_tracker: Callable[[], MlflowTracker], sync_command: str):
+        self._open = open_tracker
+        self._tracker: MlflowTracker | None = None
+        self.sync_command = sync_command
+        self.offline: str | None = None  # why mirroring stopped
+
+    def call(self, what: str, fn: Callable[[MlflowTracker], Any]) -> Any:
+        if self.offline:
+            return None
+        try:
+            if self._tracker is None:
+                self._tracker = self._open()
+            return fn(self._tracker)
+        except Exception as exc:  # noqa: BLE001 — any MLflow failure: the record must not depend on it
+            text = (str(exc).strip().splitlines() or [""])[0][:300]
+            self.offline = f"{what} failed: {type(exc).__name__}: {text}"
+            print(f"warning: MLflow mirror off for the rest of this run ({self.offline}). The study goes on and "
+                  f"Parquet stays complete; once MLflow is reachable, complete the mirror with:\n    "
+                  f"{self.sync_command}", file=sys.stderr, flush=True)
+            return None

@@ -24,11 +24,14 @@ from pathlib import Path as _Path  # noqa: E402
 ROOT = _Path(__file__).resolve().parents[1]
 
 
-def run_study(script: str, results_dir, *args: str, timeout: int = 600) -> _subprocess.CompletedProcess:
-    """``python <script> --results-dir <dir> ...`` as a user runs it; fails the test with its output on error."""
+def run_study(script: str, results_dir, *args: str, timeout: int = 600, expect: int = 0,
+              env: dict | None = None) -> _subprocess.CompletedProcess:
+    """``python <script> --results-dir <dir> ...`` as a user runs it; fails the test with its output unless it
+    exits with ``expect`` (0: every trial completed; 3: some failed; 2: refused; 130: interrupted)."""
     cmd = [_sys.executable, str(ROOT / script), "--results-dir", str(results_dir), *args]
-    out = _subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if out.returncode != 0:
+    out = _subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env=None if env is None else {**os.environ, **env})
+    if out.returncode != expect:
         raise AssertionError(f"{' '.join(cmd)} exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
 

@@ -1,7 +1,11 @@
-"""The driver side of a study: one ``tune.Callback`` that writes Parquet and MLflow (the only writer of both).
+"""The Tune callback: the driver side of a study, the one writer of Parquet and of the MLflow mirror.
 
-It is pickled with the Tuner (``Tuner.restore`` brings it back), so clients are created lazily and dropped
-from the pickle. Time spent writing is accumulated for ``benchmarks/orchestration.py``.
+Tune pickles its callbacks with the experiment and unpickles them on ``Tuner.restore``. Nothing of a run may
+come back from such a pickle (a study object from before an edit, clients, counters), so :class:`StudyCallback`
+pickles as a reference to "the recorder of the driver that is running now" and delegates every hook to it.
+
+What the ``trials`` table records about a trial's config comes from the trial itself (the trainable reports
+the flat config it built and trained with), never from the driver's study object.
 """
 from __future__ import annotations
 
@@ -12,69 +16,58 @@ from typing import Any
 
 from ray import tune
 
-from eeray.config import to_flat
+from eeray import faults
+from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, metric_points
 from eeray.results import ResultsWriter
-from eeray.mlflow_mirror import MlflowTracker
 
-STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED"}
-# what is worth a curve in the MLflow UI; Parquet keeps every column
-DIAG_METRICS = ("step", "q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
-                "energy_1e-08", "cert_bound", "seconds_total")
+PROGRESS_EVERY_S = 30.0
+_ACTIVE: "StudyRecorder | None" = None  # the recorder of the driver running in this process
 
 
-class StudyCallback(tune.Callback):
-    def __init__(self, study, results_dir: str, tracking_uri: str, execution: str, git_commit: str, profile: str):
-        self.study, self.results_dir, self.tracking_uri = study, str(results_dir), tracking_uri
-        self.execution, self.git_commit, self.profile = execution, git_commit, profile
+class StudyRecorder:
+    def __init__(self, study, results_dir: str, mirror: Mirror, git_commit: str, profile: str, expected: int,
+                 progress_every_s: float = PROGRESS_EVERY_S):
+        self.study, self.results_dir, self.mirror = study, str(results_dir), mirror
+        self.git_commit, self.profile, self.expected = git_commit, profile, expected
+        self.writer = ResultsWriter(self.results_dir, study.name)
         self.write_seconds = {"parquet": 0.0, "mlflow": 0.0}
         self.attempts: dict[str, int] = {}
-        self._writer: ResultsWriter | None = None
-        self._tracker: MlflowTracker | None = None
-        self._finished: set[str] = set()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_writer"] = state["_tracker"] = None
-        return state
-
-    # ----------------------------------------------------------------------- lazy clients
-    @property
-    def writer(self) -> ResultsWriter:
-        if self._writer is None:
-            self._writer = ResultsWriter(self.results_dir, self.study.name)
-        return self._writer
-
-    @property
-    def tracker(self) -> MlflowTracker:
-        if self._tracker is None:
-            self._tracker = open_tracker(self)
-        return self._tracker
+        self.configs: dict[str, dict[str, Any]] = {}  # trial id -> the flat config the trial reported
+        self.finished: dict[str, str] = {}  # trial id -> completed | failed | stopped (this run)
+        self.names: dict[str, str] = {}  # trial id -> readable name
+        self._reopened: set[str] = set()  # MLflow runs this driver has created or set RUNNING again
+        self.done_before = 0  # trials already finished when this run started (resume)
+        self.t0 = time.time()
+        self._last_progress = 0.0
+        self._progress_every = progress_every_s
 
     # ----------------------------------------------------------------------- Tune hooks
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._child(trial)
+    def on_trial_start(self, trial) -> None:
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
+        self.names[trial.trial_id] = self.study.trial_name(trial.config)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
+    def on_trial_result(self, trial, result: dict) -> None:
         rows = result.pop("rows", None)  # keep Tune's own experiment state small
+        config = result.pop("config_flat", None)
+        if config is not None:
+            self.configs[trial.trial_id] = config
         chunk = result.get("chunk")
         if rows is None or chunk is None:
             return
-        cfg = self.study.config(trial.config)
-        dataset = cfg.data.name
+        dataset = self._config(trial)["data.name"]
         t0 = time.perf_counter()
         for table in ("steps", "diagnostics", "safety"):
             if rows.get(table):
                 self.writer.write_chunk(table, trial.trial_id, chunk, rows[table], dataset)
         t1 = time.perf_counter()
-        run_id = self._child(trial)
-        diag = [{k: r[k] for k in DIAG_METRICS if k in r} for r in rows.get("diagnostics", [])]
+        faults.reached("parquet_chunk")
         tags = {}
         for event in rows.get("events", []):
             if event.get("event") == "phase_switch":
                 tags = {"eeray.phase_switch_step": event["step"], "eeray.perturb_norm": f"{event['perturb_norm']:.6g}"}
-        self.tracker.log_chunk(run_id, chunk, {"steps": (rows.get("steps", []), ""),
-                                               "diagnostics": (diag, "diag_")}, tags)
+        points = metric_points(rows.get("steps", []), rows.get("diagnostics", []))
+        self.mirror.call("logging metrics", lambda t: (t.log_points(self._child(t, trial), points),
+                                                       t.set_tags(self._child(t, trial), tags)))
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
         if rows.get("summary"):
@@ -82,58 +75,124 @@ class StudyCallback(tune.Callback):
         elif result.get("failure_reason"):
             self._finish(trial, "failed", {"failure_reason": result["failure_reason"]})
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def on_trial_complete(self, trial) -> None:
         """A trial that ends without its summary was stopped early by the scheduler (ASHA)."""
-        if trial.trial_id not in self._finished:
+        if trial.trial_id not in self.finished:
             last = trial.last_result or {}
             self._finish(trial, "stopped", {"failure_reason": "stopped early by the scheduler",
                                             **{f"final_{k}": last[k] for k in ("train_loss", "train_error",
                                                                               "test_error") if k in last}})
 
-    def on_trial_error(self, iteration, trials, trial, **info):
-        reason = _error_text(trial)
-        self._finish(trial, "failed", {"failure_reason": reason})
+    def on_trial_error(self, trial) -> None:
+        self._finish(trial, "failed", {"failure_reason": _error_text(trial)})
 
-    def on_experiment_end(self, trials, **info):
-        self.tracker.finish_study("FINISHED")
+    def on_step_end(self, trials) -> None:
+        now = time.time()
+        if now - self._last_progress >= self._progress_every:
+            self._last_progress = now
+            print(self.progress_line(trials), flush=True)
+
+    # ----------------------------------------------------------------------- progress
+    def progress_line(self, trials) -> str:
+        running = sum(t.status == "RUNNING" for t in trials)
+        failed = sum(s == "failed" for s in self.finished.values())
+        done_now = len(self.finished)
+        done = self.done_before + done_now
+        pending = max(0, self.expected - done - running)
+        elapsed = time.time() - self.t0
+        if done_now:
+            eta = f"ETA {_duration(elapsed / done_now * (self.expected - done))}"
+        else:
+            eta = "ETA after the first trial ends"
+        return (f"[{self.study.name}] {done - failed} completed, {running} running, {pending} pending, {failed} "
+                f"failed of {self.expected}; {_duration(elapsed)} elapsed, {eta}")
 
     # ----------------------------------------------------------------------- helpers
-    def _child(self, trial) -> str:
-        cfg = self.study.config(trial.config)
-        name = self.study.trial_name(trial.config)
-        return self.tracker.child(trial.trial_id, name, to_flat(cfg),
-                                  {"eeray.dataset": cfg.data.name, "mlflow.source.git.commit": self.git_commit,
-                                   "eeray.profile": self.profile, "eeray.ee": str(cfg.ee.enabled)})
+    def _config(self, trial) -> dict[str, Any]:
+        """The trial's own report of its config; before its first report (it failed while starting), the config
+        it was asked to run — the same one, since a resumed study must match the recorded definition."""
+        if trial.trial_id not in self.configs:
+            from eeray.config import to_flat
+
+            return to_flat(self.study.config(trial.config))
+        return self.configs[trial.trial_id]
+
+    def _child(self, tracker, trial) -> str:
+        known = tracker.has_child(trial.trial_id)
+        cfg = self._config(trial)
+        run_id = tracker.child(trial.trial_id, self.names.get(trial.trial_id) or self.study.trial_name(trial.config),
+                               cfg, {"eeray.dataset": cfg["data.name"], "mlflow.source.git.commit": self.git_commit,
+                                     "eeray.profile": self.profile, "eeray.ee": str(cfg["ee.enabled"])})
+        if known and run_id not in self._reopened:
+            tracker.reopen(run_id)  # a run of an earlier, interrupted driver: running again
+        self._reopened.add(run_id)
+        return run_id
 
     def _finish(self, trial, status: str, summary: dict[str, Any]) -> None:
-        if trial.trial_id in self._finished:
+        if trial.trial_id in self.finished:
             return
-        cfg = self.study.config(trial.config)
+        cfg = self._config(trial)
         row = {**{k: v for k, v in summary.items() if k != "status"},
-               "trial_name": self.study.trial_name(trial.config), "status": status,
-               "attempts": self.attempts.get(trial.trial_id, 1), "git_commit": self.git_commit,
-               **{f"cfg.{k}": v for k, v in to_flat(cfg).items()}}
+               "trial_name": self.names.get(trial.trial_id) or self.study.trial_name(trial.config), "status": status,
+               # Tune's own count survives driver restarts: 1 + the failures it retried (node loss, ...)
+               "attempts": 1 + int(getattr(trial, "num_failures", 0)), "git_commit": self.git_commit,
+               **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()
-        self.writer.write_trial(trial.trial_id, row, cfg.data.name)
+        self.writer.write_trial(trial.trial_id, row, cfg["data.name"])
         t1 = time.perf_counter()
-        run_id = self._child(trial)
-        if status == "failed":
-            self.tracker.set_tags(run_id, {"eeray.failure_reason": str(summary.get("failure_reason"))[:5000]})
-        self.tracker.finish_trial(run_id, STATUS_TO_MLFLOW[status], summary,
-                                  {"config.json": to_flat(cfg), "summary.json": _jsonable(summary)})
+        faults.reached("trial_row")
+        self.finished[trial.trial_id] = status
+
+        def mirror(t):
+            run_id = self._child(t, trial)
+            if status == "failed":
+                t.set_tags(run_id, {"eeray.failure_reason": str(summary.get("failure_reason"))})
+            t.finish_trial(run_id, STATUS_TO_MLFLOW[status], summary,
+                           {"config.json": cfg, "summary.json": _jsonable(summary)})
+
+        self.mirror.call("closing a trial's run", mirror)
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
-        self._finished.add(trial.trial_id)
+        print(f"[{self.study.name}] {status}: {row['trial_name']}" +
+              (f": {str(summary.get('failure_reason')).splitlines()[0]}" if status != "completed" else
+               f" (train error {summary.get('final_train_error', float('nan')):.4g})"), flush=True)
 
 
-def open_tracker(cb: StudyCallback) -> MlflowTracker:
-    tracker = MlflowTracker(cb.tracking_uri, cb.study.name, Path(cb.results_dir).resolve() / "mlartifacts")
-    tracker.start_study(cb.execution, f"{cb.study.name} {cb.execution}",
-                        {"profile": cb.profile, "trials": len(cb.study.points()) * cb.study.samples_per_point,
-                         "grid": json.dumps({k: list(v) for k, v in cb.study.grid.items()}, default=str),
-                         "variants": json.dumps(list(cb.study.variants))},
-                        {"mlflow.source.git.commit": cb.git_commit, "eeray.profile": cb.profile})
-    return tracker
+class StudyCallback(tune.Callback):
+    def __init__(self, recorder: StudyRecorder):
+        global _ACTIVE
+        _ACTIVE = recorder
+        self.recorder = recorder
+
+    def __reduce__(self):  # restored by Tuner.restore as the current driver's callback, not a stale copy
+        return _active_callback, ()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.recorder.on_trial_start(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.recorder.on_trial_result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.recorder.on_trial_complete(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.recorder.on_trial_error(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.recorder.on_step_end(trials)
+
+
+def _active_callback() -> StudyCallback:
+    if _ACTIVE is None:
+        raise RuntimeError("a StudyCallback is restored only inside a running eeray driver")
+    return StudyCallback(_ACTIVE)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
 def _error_text(trial) -> str:

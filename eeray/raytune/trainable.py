@@ -3,7 +3,14 @@
 Rows are buffered and reported only together with a checkpoint, so every report closes a chunk whose name is
 the checkpoint's (step, reason). A trial restarted from a checkpoint re-emits exactly the chunks after it, with
 the same names: the driver's Parquet writes replace, never duplicate. Trials only report; all MLflow and
-Parquet writing happens in the driver (:mod:`eeray.raytune.callback`).
+Parquet writing happens in the driver (:mod:`eeray.raytune.callback`). Every report carries the flat config the
+trial built and trains with: the one source of the config recorded in ``trials`` and MLflow.
+
+Retries are for what a retry can fix. An exception raised by the trial's own code (a config, data or surgery
+error, a divergence, a bug) would fail again identically: it is reported as the trial's final failure and the
+trial ends, so Tune does not retry it. What reaches Tune as an error is what a retry can fix: a lost worker or
+node (Tune sees the actor die), Ray's own errors inside the trial (a lost object or diagnostics actor), CUDA
+running out of memory beside packed trials, and transient I/O.
 """
 from __future__ import annotations
 
@@ -15,17 +22,19 @@ from typing import Any, Callable, Mapping
 import torch
 from ray import tune
 
+from eeray.config import to_flat
 from eeray.records import TABLES
-from eeray.trial import TrialDiverged, run_trial
+from eeray.trial import run_trial
 
 STATE_FILE = "trial.pt"
 REPORT_KEYS = ("step", "epoch", "phase", "train_loss", "train_error", "test_error")
 
 
 class TuneSink:
-    def __init__(self) -> None:
+    def __init__(self, config_flat: dict[str, Any]) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
         self.latest: dict[str, Any] = {}
+        self.config_flat = config_flat
 
     def emit(self, table: str, row: Mapping[str, Any]) -> None:
         self.rows[table].append(dict(row))
@@ -40,33 +49,46 @@ class TuneSink:
             tune.report(self._metrics(f"{step:09d}-{reason}"), checkpoint=tune.Checkpoint.from_directory(d))
 
     def fail(self, reason: str) -> None:
-        """A deterministic failure (divergence): report the rows so far and the reason; no retry helps."""
+        """A deterministic failure: report the rows so far and the reason; no retry helps."""
         metrics = self._metrics("999999999-failed")
         metrics["failure_reason"] = reason
         tune.report(metrics)
 
     def _metrics(self, chunk: str) -> dict[str, Any]:
-        metrics = {**self.latest, "chunk": chunk, "rows": self.rows}
+        metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat}
         self.rows = {t: [] for t in TABLES}
         return metrics
 
 
+def retryable(exc: BaseException) -> bool:
+    """Whether another attempt (on this or another node) could succeed where this one failed."""
+    import ray.exceptions
+
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False  # missing or unreadable files stay missing
+    return isinstance(exc, (ray.exceptions.RayError, torch.cuda.OutOfMemoryError, ConnectionError, TimeoutError,
+                            OSError))
+
+
 def tune_trial(config: dict[str, Any], study) -> None:
     """The Tune trainable. ``config`` is the grid point (+ Optuna's values); ``study`` comes through
-    ``tune.with_parameters``."""
-    cfg = study.config(config)
+    ``tune.with_parameters`` (a resumed execution refuses a study that differs from the recorded one)."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one "Checkpoint created" line per epoch
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     share = study.resources.gpu
     if torch.cuda.is_available() and 0 < share < 1:
         torch.cuda.set_per_process_memory_fraction(share)  # packed trials: each keeps to its share of memory
-    state = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), weights_only=False, map_location="cpu")
-    sink = TuneSink()
+    cfg = study.config(config)
+    sink = TuneSink(to_flat(cfg))
     try:
+        state = None
+        ckpt = tune.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:  # tensors, numbers and strings only: no code runs on load
+                state = torch.load(os.path.join(d, STATE_FILE), weights_only=True, map_location="cpu")
         run_trial(cfg, sink, checkpoint=state)
-    except TrialDiverged as exc:
-        sink.fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 — sorted below into final and retryable
+        if retryable(exc):
+            raise
+        own = type(exc).__module__.startswith("eeray.")  # eeray's errors say what happened; others get their type
+        sink.fail(str(exc) if own else f"{type(exc).__name__}: {exc}")

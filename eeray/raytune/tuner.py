@@ -1,5 +1,13 @@
 """Study → Ray Tune: the Tuner (grid, Optuna, scheduler, placement groups, storage, failures, checkpoints),
-``--resume`` through ``Tuner.restore``, and the end-of-study summary. Imported only after validation."""
+``--resume`` / ``--extend`` through ``Tuner.restore``, the outcome and the end-of-study summary. Imported only
+after validation.
+
+An execution is recorded in ``<results>/<study>/execution.json``: its id, profile, git commit, the expanded
+definition (:mod:`eeray.identity`) and its segments. A segment is one Tune experiment over a list of trials: the
+first holds the study as started, each ``--extend`` adds one with exactly the added trials. Paths in the file
+are relative to the study directory (a copied results directory resumes where it is), except a ``--storage``
+the user passed. One driver at a time holds the directory (:mod:`eeray.run_lock`).
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +19,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from users' studies
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record: no CSV/TBX copies
@@ -23,13 +32,18 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
-from eeray.raytune.callback import StudyCallback  # noqa: E402
-from eeray.results import load  # noqa: E402
-from eeray.study import ALIASES, Study  # noqa: E402
-from eeray.mlflow_mirror import default_tracking_uri, ui_command  # noqa: E402
+from eeray import faults, identity  # noqa: E402
+from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
+from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
+from eeray.results import load  # noqa: E402
+from eeray.run_lock import StudyLock, StudyLocked  # noqa: E402
+from eeray.study import Study  # noqa: E402
 
 EXECUTION_FILE = "execution.json"
+MARKER_FILE = ".eeray-study"  # written into every study directory eeray creates: --fresh deletes only those
+TUNE_DIR = "_tune"
+EXIT_OK, EXIT_REFUSED, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 
 
 def git_commit() -> str:
@@ -40,10 +54,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def make_tuner(study: Study, storage: str, callback: StudyCallback, max_concurrent: int | None) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(tune_trial, study=study),
-                                    tune.PlacementGroupFactory(study.resources.bundles()))
-    points = study.points()
+def trainable_of(study: Study):
+    return tune.with_resources(tune.with_parameters(tune_trial, study=study),
+                               tune.PlacementGroupFactory(study.resources.bundles()))
+
+
+def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: str, callback: StudyCallback,
+               max_concurrent: int | None) -> tune.Tuner:
+    trainable = trainable_of(study)
     if study.search:
         from eeray.raytune.searchers import GridOptunaSearch
 
@@ -59,7 +77,9 @@ def make_tuner(study: Study, storage: str, callback: StudyCallback, max_concurre
     if study.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=2)
+        # time is the epoch: a trial reports at every checkpoint, and twice more at the switch, so Tune's report
+        # count would compare EE trials with Standard ones at different epochs
+        scheduler = ASHAScheduler(time_attr="epoch", grace_period=2, max_t=max(2, study.base.train.epochs))
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -70,10 +90,10 @@ def make_tuner(study: Study, storage: str, callback: StudyCallback, max_concurre
             reuse_actors=True, max_concurrent_trials=max_concurrent,
             trial_name_creator=TrialNamer(study), trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name="tune", storage_path=storage, callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
+            name=name, storage_path=storage, callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            verbose=1, progress_reporter=_reporter(study)),
+            verbose=0),  # progress is eeray's own line (completed/running/pending/failed, ETA) every 30 s
     )
 
 
@@ -91,94 +111,264 @@ def _trial_dirname(trial) -> str:
     return trial.trial_id
 
 
-def _reporter(study: Study):
-    from ray.tune import CLIReporter
 
-    # the trial name already spells out its grid values: show only metrics (and Optuna's picks)
-    return CLIReporter(metric_columns={"epoch": "epoch", "phase": "phase", "train_error": "train err",
-                                       "test_error": "test err", "Q_T": "Q_T"},
-                       parameter_columns={k: ALIASES.get(k, k) for k in study.search} or {"variant": "variant"},
-                       max_report_frequency=60, max_progress_rows=40, sort_by_metric=False)
+# --------------------------------------------------------------------------- one execution
+class _Refused(Exception):
+    """A refusal before any work: printed as one 'error:' line, exit status 2."""
 
 
 def run_study(study: Study, profile: str, args) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema-migration chatter
+    logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
     results_dir = Path(args.results_dir).resolve()
     study_dir = results_dir / study.name
-    exec_file = study_dir / EXECUTION_FILE
-    storage = args.storage or str(study_dir / "_tune")
-    if args.fresh and study_dir.exists():
-        shutil.rmtree(study_dir)
-    if exec_file.exists() and not args.resume:
-        print(f"error: {study_dir} holds an earlier execution of '{study.name}'; pass --resume to continue it or "
-              f"--fresh to delete it and start over", file=sys.stderr)
-        return 2
-    if args.resume and not exec_file.exists():
-        print(f"error: --resume: nothing to resume under {study_dir}", file=sys.stderr)
-        return 2
-    study_dir.mkdir(parents=True, exist_ok=True)
-    if args.resume:
-        meta = json.loads(exec_file.read_text())
-    else:
-        meta = {"execution": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"), "profile": profile,
-                "git_commit": git_commit(), "storage": storage}
-        exec_file.write_text(json.dumps(meta, indent=2))
-    uri = default_tracking_uri(results_dir)
-    callback = StudyCallback(study, str(results_dir), uri, meta["execution"], meta["git_commit"], meta["profile"])
-    callback.tracker  # the MLflow schema and the parent run exist before any trial starts
-    started = _init_ray(args.address)
-    t0 = time.perf_counter()
     try:
-        tuner_path = os.path.join(meta["storage"], "tune")
-        if args.resume and tune.Tuner.can_restore(tuner_path):
-            trainable = tune.with_resources(tune.with_parameters(tune_trial, study=study),
-                                            tune.PlacementGroupFactory(study.resources.bundles()))
-            tuner = tune.Tuner.restore(tuner_path, trainable, resume_unfinished=True, resume_errored=True)
-        else:
-            tuner = make_tuner(study, meta["storage"], callback, args.max_concurrent)
-        tuner.fit()
+        _check_study_dir(results_dir, study_dir)
+        continuing = bool(args.resume or getattr(args, "extend", False))
+        if continuing and not (study_dir / EXECUTION_FILE).exists():
+            raise _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
+                           f"'{study.name}' to continue under {study_dir}")
+        _make_study_dir(study_dir, study.name)
+        lock = StudyLock(study_dir).acquire()
+    except (_Refused, StudyLocked) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        try:
+            meta = _execution(study, profile, args, study_dir, continuing)
+        except _Refused as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
+        return _run(study, args, results_dir, study_dir, meta)
     finally:
-        if started:
+        lock.release()
+
+
+def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict) -> int:
+    uri = default_tracking_uri(results_dir)
+    sync = f"python -m eeray.mlflow_sync {results_dir} --study {study.name}"
+    mirror = Mirror(lambda: _open_tracker(uri, study, results_dir, meta), sync)
+    expected = sum(len(seg["trials"]) for seg in meta["segments"]) * study.samples_per_point
+    recorder = StudyRecorder(study, str(results_dir), mirror, meta["git_commit"], meta["profile"], expected)
+    recorder.done_before = len(_finished(results_dir, study.name))
+    callback = StudyCallback(recorder)
+    mirror.call("opening the study's run", lambda t: t.parent_id)  # schema + parent exist before any trial
+    storage = _storage(study_dir, meta)
+    cluster = _init_ray(args.address)
+    t0 = time.perf_counter()
+    outcome = "failed"
+    try:
+        try:
+            through = 0  # trials of the segments up to this one
+            for seg in meta["segments"]:
+                through += len(seg["trials"]) * study.samples_per_point
+                path = os.path.join(storage, seg["name"])
+                if tune.Tuner.can_restore(path):
+                    tuner = tune.Tuner.restore(path, trainable_of(study), resume_unfinished=True, resume_errored=True)
+                else:
+                    names = set(seg["trials"])
+                    points = [p for p in study.points() if study.trial_name(p) in names]
+                    tuner = make_tuner(study, points, storage, seg["name"], callback, args.max_concurrent)
+                tuner.fit()
+                if len(_finished(results_dir, study.name)) < through:
+                    break  # interrupted (Ctrl-C): the later segments wait for --resume
+        except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
+            pass
+        finished = _finished(results_dir, study.name)
+        unfinished = expected - len(finished)
+        failed = sum(s == "failed" for s in finished.values())
+        outcome = "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")
+    finally:
+        if cluster["started"]:
             ray.shutdown()
-    wall = time.perf_counter() - t0
-    meta.setdefault("runs", []).append({"wall_seconds": wall, "write_seconds": dict(callback.write_seconds),
-                                        "resumed": bool(args.resume)})
-    exec_file.write_text(json.dumps(meta, indent=2))  # what the run cost, for benchmarks/orchestration.py
-    _print_summary(study, results_dir, uri, wall, callback)
-    return 0
+        wall = time.perf_counter() - t0
+        faults.reached("study_end")
+        status = {"completed": "FINISHED", "trials_failed": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
+        _close_mirror(mirror, results_dir, study.name, status)
+        meta.setdefault("runs", []).append({"wall_seconds": wall, "write_seconds": dict(recorder.write_seconds),
+                                            "resumed": bool(args.resume), "outcome": outcome,
+                                            "cluster": cluster["description"]})
+        _write_execution(study_dir, meta)  # what the run cost, for benchmarks/orchestration.py
+    _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster["description"], args)
+    return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED}[outcome]
 
 
-def _init_ray(address: str | None) -> bool:
+def _finished(results_dir: Path, study: str) -> dict[str, str]:
+    """trial id -> status of every trial with a row in ``trials`` (it ended: completed, failed or stopped)."""
+    trials = load(results_dir, study).trials
+    return dict(zip(trials.trial_id, trials.status))
+
+
+def _close_mirror(mirror: Mirror, results_dir: Path, study: str, status: str) -> None:
+    """Children of trials that did not end are KILLED; the parent takes the run's outcome and summary."""
+    res = load(results_dir, study)
+    ended = set(res.trials.trial_id)
+
+    def close(t: MlflowTracker) -> None:
+        for trial_id, run_id in t.children().items():
+            if trial_id not in ended and t.run_status(run_id) == "RUNNING":
+                t.client.set_terminated(run_id, status="KILLED")
+        counts = {f"trials_{s}": int((res.trials.status == s).sum()) for s in ("completed", "failed", "stopped")}
+        table = res.trials.sort_values("trial_name")[["trial_name", "status", "final_train_error",
+                                                      "final_test_error"]]
+        t.finish_study(status, counts, {"summary.csv": table.to_csv(index=False)})
+
+    mirror.call("closing the study's run", close)
+
+
+def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> MlflowTracker:
+    origin = int(datetime.strptime(meta["execution"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
+    tracker = MlflowTracker(uri, study.name, results_dir / "mlartifacts", time_origin_ms=origin)
+    tracker.start_study(meta["execution"], f"{study.name} {meta['execution']}",
+                        {"profile": meta["profile"], "trials": len(study.points()) * study.samples_per_point,
+                         "fingerprint": meta["fingerprint"],
+                         "grid": json.dumps({k: list(v) for k, v in study.grid.items()}, default=str),
+                         "variants": json.dumps(list(study.variants))},
+                        {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]})
+    return tracker
+
+
+# --------------------------------------------------------------------------- the results directory
+def _check_study_dir(results_dir: Path, study_dir: Path) -> None:
+    name = study_dir.name
+    if study_dir.parent != results_dir or name in ("", ".", "..") or "/" in name:
+        raise _Refused(f"study name {name!r} must be one path component (letters, digits, '-', '_', '.')")
+
+
+def _make_study_dir(study_dir: Path, name: str) -> None:
+    marker = study_dir / MARKER_FILE
+    if not study_dir.exists():
+        study_dir.mkdir(parents=True)
+        marker.write_text(json.dumps({"study": name}) + "\n")
+    elif not marker.exists() and any(study_dir.iterdir()):
+        raise _Refused(f"{study_dir} exists and was not created by eeray (no {MARKER_FILE}): choose another "
+                       f"--results-dir; nothing there is touched")
+
+
+def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bool) -> dict:
+    """The execution this run continues (checked against the study as it is now), or a new one."""
+    exec_file = study_dir / EXECUTION_FILE
+    current = identity.definition(study, profile)
+    if args.fresh:
+        _delete_study_contents(study_dir, study.name)
+    elif exec_file.exists() and not continuing:
+        meta = json.loads(exec_file.read_text())
+        raise _Refused(f"{study_dir} holds an execution of '{study.name}' ({meta.get('execution')}, profile "
+                       f"{meta.get('profile')}). Continue it with --resume, add new trials to it with --extend, or "
+                       f"start over with --fresh (deletes it) or another --results-dir")
+    if continuing:
+        meta = json.loads(exec_file.read_text())
+        diff = identity.compare(meta["definition"], current)
+        if args.storage and args.storage != meta["storage"]:
+            raise _Refused(f"--storage {args.storage} differs from the execution's {meta['storage']}")
+        if diff.only_added and args.extend:
+            seg = {"name": f"tune-ext{len(meta['segments'])}", "trials": diff.added}
+            meta["segments"].append(seg)
+            meta["definition"], meta["fingerprint"] = current, identity.fingerprint(current)
+            _write_execution(study_dir, meta)
+            print(f"--extend: {len(diff.added)} trial(s) added to execution {meta['execution']}; the "
+                  f"{len(meta['definition']['trials']) - len(diff.added)} recorded ones are kept as they are", flush=True)
+        elif not diff.empty:
+            choices = ("run it with the recorded definition (undo the edit), " +
+                       ("add the new trials with --extend, " if diff.only_added else "") +
+                       "or start a new execution with --fresh (deletes this one) or another --results-dir")
+            raise _Refused(f"the study differs from the execution recorded in {exec_file} "
+                           f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
+        return meta
+    meta = {"study": study.name, "execution": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+            "profile": profile, "git_commit": git_commit(),
+            "storage": args.storage or TUNE_DIR,  # relative to the study directory unless the user named one
+            "fingerprint": identity.fingerprint(current), "definition": current,
+            "segments": [{"name": "tune", "trials": list(current["trials"])}], "runs": []}
+    _write_execution(study_dir, meta)
+    return meta
+
+
+def _delete_study_contents(study_dir: Path, name: str) -> None:
+    """--fresh: only a directory eeray created for this very study, and never the lock this driver holds."""
+    marker = study_dir / MARKER_FILE
+    try:
+        owner = json.loads(marker.read_text()).get("study")
+    except (OSError, ValueError):
+        owner = None
+    if owner != name:
+        raise _Refused(f"--fresh: {study_dir} was not created by eeray for study '{name}' (no {MARKER_FILE} naming "
+                       f"it); nothing deleted")
+    for entry in study_dir.iterdir():
+        if entry.name in (MARKER_FILE, ".eeray.lock"):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _storage(study_dir: Path, meta: dict) -> str:
+    s = meta["storage"]
+    return s if "://" in s or os.path.isabs(s) else str(study_dir / s)
+
+
+def _write_execution(study_dir: Path, meta: dict) -> None:
+    tmp = study_dir / f".{EXECUTION_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    os.replace(tmp, study_dir / EXECUTION_FILE)
+
+
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune's "interrupted ... Tuner.restore(path=...)" hint points at Tune's API; eeray prints its own command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def _init_ray(address: str | None) -> dict[str, Any]:
     if ray.is_initialized():
-        return False
+        return {"started": False, "description": "the Ray this process had already joined"}
     if address:
         ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=True,
-                 logging_level="WARNING")
-    return True
+        return {"started": True, "description": f"the cluster at {address}"}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=True, logging_level="WARNING")
+    return {"started": True, "description": "a local Ray started for this study"}
 
 
-def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, callback: StudyCallback) -> None:
+# --------------------------------------------------------------------------- the summary
+def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recorder: StudyRecorder,
+                   unfinished: int, cluster: str, args) -> None:
     import pandas as pd
 
     res = load(results_dir, study.name)
     trials = res.trials
-    cols = ["trial_name", "status"] + [c for c in study.summary_columns if c in trials.columns] + ["train_seconds"]
+    cols = ["trial_name", "status", *study.summary_columns, "train_seconds"]
+    missing = [c for c in cols if c not in trials.columns]
+    if missing:
+        raise KeyError(f"summary_columns {missing} are not columns of the trials table")
+    interrupted = len(set(recorder.attempts) - set(trials.trial_id))  # started in this run, did not end
     with pd.option_context("display.max_rows", 200, "display.width", 160, "display.max_colwidth", 60):
-        counts = ", ".join(f"{(trials.status == s).sum()} {s}" for s in ("completed", "failed", "stopped")
-                           if s != "stopped" or (trials.status == s).any())
-        print(f"\n{study.name}: {len(trials)} trials ({counts}) in {wall:.0f} s")
+        counts = [f"{(trials.status == s).sum()} {s}" for s in ("completed", "failed")]
+        if (trials.status == "stopped").any():
+            counts.append(f"{(trials.status == 'stopped').sum()} stopped early")
+        if unfinished:
+            counts += [f"{interrupted} interrupted", f"{unfinished - interrupted} never ran"]
+        total = len(trials) + unfinished
+        print(f"\n{study.name}: {total} trials ({', '.join(counts)}) in {wall:.0f} s on {cluster}")
         if len(trials):
             print(trials.sort_values("trial_name")[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        failed = trials[trials.status == "failed"]
-        for _, r in failed.iterrows():
+        for _, r in trials[trials.status == "failed"].iterrows():
             print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
-    if study.summarize is not None:
+    if study.summarize is not None and not unfinished:
         table = study.summarize(res)
         if len(table):
             table.to_csv(results_dir / study.name / "summary.csv", index=False)
             with pd.option_context("display.width", 160):
                 print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     print(f"\nParquet: {results_dir / study.name}   (eeray.results.load({str(results_dir)!r}, {study.name!r}))")
-    print(f"MLflow:  {ui_command(uri)}")
+    if recorder.mirror.offline:
+        print(f"MLflow:  INCOMPLETE — {recorder.mirror.offline}. Complete it from Parquet with:\n"
+              f"         {recorder.mirror.sync_command}")
+    else:
+        print(f"MLflow:  {ui_command(uri)}")
+    if unfinished:
+        print(f"\nInterrupted: {unfinished} of {total} trials did not finish. Continue with:\n    "
+              f"{resume_command()}")
+
+
+def resume_command() -> str:
+    argv = [a for a in sys.argv[1:] if a not in ("--fresh", "--resume", "--extend")]
+    return " ".join(["python", sys.argv[0], *argv, "--resume"])

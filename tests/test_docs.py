@@ -1,0 +1,149 @@
+"""The documentation matches the code, and the repository is self-contained.
+
+* docs/results-schema.md documents every column of every Parquet table (``eeray.results.schema``), under its
+  table's section and with its Arrow type, and lists no column that the schema no longer has.
+* Every Markdown file that a tracked file mentions (code comments, docstrings, READMEs, notebooks, configs)
+  exists in the repository: no file points at a document the repository does not contain.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from eeray import results
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_DOC = ROOT / "docs" / "results-schema.md"
+SCHEMA_DOC_NAME = "docs/results-schema.md"
+
+
+# --------------------------------------------------------------------------- the results schema
+def documented_columns() -> dict[str, dict[str, str]]:
+    """{table: {column: documented type}} from the '## <table>' sections' rows ``| `column` | type | ...``."""
+    sections: dict[str, dict[str, str]] = {}
+    current = None
+    for line in SCHEMA_DOC.read_text(encoding="utf-8").splitlines():
+        heading = re.match(r"^## (\S+)\s*$", line)
+        if heading:
+            current = heading.group(1)
+            sections[current] = {}
+            continue
+        row = re.match(r"^\|\s*`([^`]+)`\s*\|\s*([^|]*?)\s*\|", line)
+        if row and current is not None:
+            sections[current][row.group(1)] = row.group(2)
+    return sections
+
+
+def type_name(arrow_type) -> str:
+    """The type as the page writes it: Arrow's names, except float64 for Arrow's 'double'."""
+    return {"double": "float64"}.get(str(arrow_type), str(arrow_type))
+
+
+def test_schema_doc_has_one_section_per_table():
+    assert sorted(documented_columns()) == sorted(results.TABLES), (
+        f"{SCHEMA_DOC_NAME} must have exactly one '## <table>' section per Parquet table "
+        f"{list(results.TABLES)}; found {sorted(documented_columns())}")
+
+
+@pytest.mark.parametrize("table", results.TABLES)
+def test_every_schema_column_is_documented(table):
+    documented = documented_columns().get(table, {})
+    missing = [c for c in results.schema(table).names if c not in documented]
+    assert not missing, (
+        f"{SCHEMA_DOC_NAME}, section '## {table}', does not document {len(missing)} column(s) of "
+        f"eeray.results.schema({table!r}): {', '.join(missing)}. Add one row per column: "
+        "| `name` | arrow type | unit | meaning |")
+
+
+@pytest.mark.parametrize("table", results.TABLES)
+def test_documented_columns_exist_with_their_types(table):
+    schema = results.schema(table)
+    documented = documented_columns().get(table, {})
+    stale = [c for c in documented if c not in schema.names]
+    assert not stale, (f"{SCHEMA_DOC_NAME}, section '## {table}', documents column(s) that "
+                       f"eeray.results.schema({table!r}) does not have: {', '.join(stale)}")
+    wrong = [f"{c} (documented {documented[c]!r}, schema {type_name(schema.field(c).type)!r})"
+             for c in documented if type_name(schema.field(c).type) != documented[c]]
+    assert not wrong, f"{SCHEMA_DOC_NAME}, section '## {table}', has wrong types: {'; '.join(wrong)}"
+
+
+# --------------------------------------------------------------------------- mentioned Markdown files
+# a path-like token ending in .md; {placeholders} of f-strings (results_{tag} and the suffix) become wildcards
+MD_MENTION = re.compile(r"[\w./{}:\-]*\.md\b")
+SKIP_DIRS = {"results", "__pycache__", "build", "dist", "node_modules"}
+
+
+def repository_files() -> list[str]:
+    """The repository's files (POSIX paths relative to the root): tracked, and new ones git does not ignore;
+    outside a git checkout, the files under the root that are not build or run outputs."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+        files = [p for p in out.decode("utf-8").split("\0") if p and (ROOT / p).is_file()]
+        if files:
+            return files
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    files = []
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS
+                       and not d.endswith(".egg-info") and not (Path(dirpath, d, "pyvenv.cfg")).exists()]
+        files += [Path(dirpath, f).relative_to(ROOT).as_posix() for f in filenames]
+    return files
+
+
+def mentions(text: str):
+    """(line number, mention) for every .md file named in ``text``, URLs and bare '.md' left out."""
+    for number, line in enumerate(text.splitlines(), 1):
+        for match in MD_MENTION.finditer(line):
+            name = match.group(0).lstrip("./:")
+            if "://" in match.group(0) or not posixpath.basename(name)[:-3]:
+                continue
+            yield number, name
+
+
+def exists(mention: str, source: str, markdown: list[str]) -> bool:
+    """The mention names a Markdown file of the repository: relative to the root, to the mentioning file's
+    folder, or by its file name (tables that name results files next to their folder's README)."""
+    pattern = re.sub(r"\{[^}]*\}", "*", mention)
+    candidates = {posixpath.normpath(pattern), posixpath.normpath(posixpath.join(posixpath.dirname(source), pattern))}
+    if any(fnmatch.fnmatchcase(md, c) for md in markdown for c in candidates):
+        return True
+    return "/" not in pattern and any(fnmatch.fnmatchcase(posixpath.basename(md), pattern) for md in markdown)
+
+
+def test_every_mentioned_markdown_file_exists():
+    files = repository_files()
+    markdown = [f for f in files if f.endswith(".md")]
+    dangling = []
+    for source in files:
+        data = (ROOT / source).read_bytes() if (ROOT / source).is_file() else b""
+        if b"\0" in data:
+            continue  # binary
+        for number, name in mentions(data.decode("utf-8", errors="replace")):
+            if not exists(name, source, markdown):
+                dangling.append(f"{source}:{number}: {name}")
+    assert not dangling, ("these files mention Markdown files that are not in the repository (point them at "
+                          "docs/ instead):\n  " + "\n  ".join(dangling))
+
+
+def test_mention_check_catches_a_dangling_reference():
+    """The checker itself: a missing document is caught, present ones and placeholders are not. (The missing
+    names are built at run time, so this file does not mention them itself.)"""
+    md = ".md"
+    missing, cluster = "NOTES" + md, "docs/cluster" + md
+    markdown = ["README" + md, "docs/paper-choices" + md, "benchmarks/results/diagnostics_cpu" + md]
+    assert [m for _, m in mentions(f"see docs/paper-choices{md} (B14) and {missing}")] == \
+        ["docs/paper-choices" + md, missing]
+    assert exists("docs/paper-choices" + md, "eeray/config.py", markdown)
+    assert exists("paper-choices" + md, "docs/architecture" + md, markdown)  # relative to the mentioning file
+    assert exists("diagnostics_{args.tag}" + md, "benchmarks/diagnostics.py", markdown)
+    assert not exists(missing, "eeray/config.py", markdown)
+    assert not exists(cluster, "README" + md, markdown)
+    assert list(mentions(f"https://example.org/guide{md} and ``{md}`` files")) == []

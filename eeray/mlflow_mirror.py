@@ -1,4 +1,4 @@
-"""MLflow, written by the driver only (ARCHITECTURE.md principle 9): for browsing, not the source of truth.
+"""MLflow, written by the driver only (docs/architecture.md principle 10): for browsing, not the source of truth.
 
 One parent run per study execution, one child run per trial linked by the ``mlflow.parentRunId`` tag and named
 readably (``m_c=2 seed=1``), parameters once, metrics with step = optimizer step, tags for the dataset, the

@@ -22,7 +22,7 @@ class DatasetSpec:
 
     @property
     def m_y(self) -> int:
-        """Output dimension: 1 for binary tasks (BCE-with-logits, docs/paper-choices.md (C15)), else the class count."""
+        """Output dimension: 1 for binary tasks (BCE-with-logits, docs/paper-choices.md (B15)), else the class count."""
         return 1 if self.num_classes == 2 else self.num_classes
 
 

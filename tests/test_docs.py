@@ -147,3 +147,48 @@ def test_mention_check_catches_a_dangling_reference():
     assert not exists(missing, "eeray/config.py", markdown)
     assert not exists(cluster, "README" + md, markdown)
     assert list(mentions(f"https://example.org/guide{md} and ``{md}`` files")) == []
+
+
+# --------------------------------------------------------------------------- citations of the paper's choices
+CHOICES_DOC = ROOT / "docs" / "paper-choices.md"
+CITATION = re.compile(r"paper-choices\.md \(([^()]*)\)")
+
+
+def choice_ids() -> set[str]:
+    """The ids docs/paper-choices.md defines: entries written '**A1.' or '- **D1.', and the section 'G.'."""
+    text = CHOICES_DOC.read_text(encoding="utf-8")
+    ids = set(re.findall(r"^(?:- )?\*\*([A-F]\d+)\.", text, flags=re.M))
+    ids |= set(re.findall(r"^## ([A-G])\. ", text, flags=re.M))
+    return ids
+
+
+def cited_ids(text: str) -> set[str]:
+    """Ids cited as 'docs/paper-choices.md (B14)', '(D25–D27)', '(D28a)', '(E1, E2, E4; B13–B17)'."""
+    return {m for inner in CITATION.findall(text) for m in re.findall(r"\b([A-G]\d{0,2})[ab]?\b", inner)}
+
+
+def test_paper_choices_defines_the_41_open_choices():
+    ids = choice_ids()
+    expected = {f"{letter}{i}" for letter, lo, hi in (("A", 1, 12), ("B", 13, 18), ("C", 19, 22), ("D", 23, 31),
+                                                       ("E", 32, 40), ("F", 41, 41)) for i in range(lo, hi + 1)}
+    missing = sorted(expected - ids, key=lambda s: int(s[1:]))
+    assert not missing, f"docs/paper-choices.md has no entry for the open choices {missing}"
+
+
+def test_every_cited_choice_exists():
+    ids = choice_ids()
+    unknown = []
+    for source in repository_files():
+        data = (ROOT / source).read_bytes()
+        if b"\0" in data:
+            continue
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            unknown += [f"{source}:{number}: {i}" for i in sorted(cited_ids(line) - ids)]
+    assert not unknown, "these lines cite ids that docs/paper-choices.md does not define:\n  " + "\n  ".join(unknown)
+
+
+def test_citation_parser():
+    assert cited_ids("x (docs/paper-choices.md (E1, E2, E4; B13–B17)) and docs/paper-choices.md (D28a)") == \
+        {"E1", "E2", "E4", "B13", "B17", "D28"}
+    assert cited_ids("docs/paper-choices.md (G): sensitive") == {"G"}
+    assert cited_ids("docs/paper-choices.md, Definitions") == set()

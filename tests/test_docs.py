@@ -192,3 +192,21 @@ def test_citation_parser():
         {"E1", "E2", "E4", "B13", "B17", "D28"}
     assert cited_ids("docs/paper-choices.md (G): sensitive") == {"G"}
     assert cited_ids("docs/paper-choices.md, Definitions") == set()
+
+
+def test_no_citation_of_the_old_design_documents():
+    """Short citations of the old design documents (their name, then '§4 A7') name no file, so the Markdown check
+    cannot see them; the documents' names must not appear as words at all (built at run time, so this file does
+    not contain them)."""
+    names = ["".join(parts) for parts in (("SP", "EC"), ("ARCHI", "TECTURE"), ("ENVIRON", "MENT"), ("STY", "LE"))]
+    word = re.compile(r"\b(" + "|".join(names) + r")\b")
+    hits = []
+    for source in repository_files():
+        data = (ROOT / source).read_bytes()
+        if b"\0" in data:
+            continue
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if word.search(line):
+                hits.append(f"{source}:{number}: {line.strip()[:100]}")
+    assert not hits, ("these lines cite design documents the repository does not contain; cite docs/ instead "
+                      "(e.g. docs/paper-choices.md (A7)):\n  " + "\n  ".join(hits))

@@ -1,7 +1,7 @@
 """Typed, validated trial configuration.
 
-A trial is a function of its config (ARCHITECTURE.md principle 1). Every knob the paper leaves open is a
-field here, so it is logged with every run (SPEC.md §4). Configs are frozen dataclasses; ``to_flat`` /
+A trial is a function of its config (docs/architecture.md principle 1). Every knob the paper leaves open is a
+field here, so it is logged with every run (docs/paper-choices.md). Configs are frozen dataclasses; ``to_flat`` /
 ``from_flat`` give the dotted-key form used by Tune sweeps, MLflow params and the Parquet ``trials`` table.
 
 Validation happens before any work: ``validate(cfg)`` raises :class:`ConfigError` naming the field, the
@@ -35,24 +35,24 @@ class DataConfig:
     name: str = "sine"  # a name from eeray.data.DATASETS
     n_train: int | None = None  # None: the dataset's own size (the paper's n); fewer: a seeded subset
     n_test: int | None = None  # None: the dataset's own test set (synthetic sets: as many as n_train)
-    seed: int = 0  # generation/split seed, fixed across trials (SPEC §4 C20); trial seeds vary init & order
-    augment: bool = False  # the paper's per-dataset augmentation (SPEC §1.5 E4)
+    seed: int = 0  # data/split seed, fixed across trials (docs/paper-choices.md (C20)); trial seeds vary init, order
+    augment: bool = False  # the paper's per-dataset augmentation (docs/paper-choices.md (E4))
     root: str | None = None  # real datasets: None -> $EERAY_DATA_ROOT
     val_fraction: float = 0.0  # 0.2 -> the grid search's 80/20 split; the held-out part replaces test
-    moons_noise: float | None = None  # make_moons noise (paper: unstated; SPEC §4 C19)
-    normalize: bool = True  # per-dataset mean/std (SPEC §4 C21)
+    moons_noise: float | None = None  # make_moons noise (paper: unstated; docs/paper-choices.md (C19))
+    normalize: bool = True  # per-dataset mean/std (docs/paper-choices.md (C21))
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "fcnet"  # fcnet | lenet | preact_resnet18
     softplus_beta: float = 100.0  # ς of softplus ln(1+exp(ςq))/ς, all base-model activations
-    fc_hidden_layers: int = 2  # "four layers" read as 2 hidden (SPEC §4 B16); 3 is the sensitivity
+    fc_hidden_layers: int = 2  # "four layers" read as 2 hidden (docs/paper-choices.md (B16)); 3 is the sensitivity
     fc_width: int = 300
     fc_bias_init: str = "default"  # default (PyTorch U(±1/√fan_in)) | zero | normal (N(0, 1/m))
     fc_first_layer_std: float | None = None  # None: 1/√fc_width like every layer (paper); 1.0 variant
     lenet_mc: int = 1  # m_c: 8m_c filters per conv, 128m_c hidden units
-    lenet_pool: str = "none"  # none | avg2 (SPEC §4 B14)
+    lenet_pool: str = "none"  # none | avg2 (docs/paper-choices.md (B14))
     resnet_final_bn: bool = True  # final BN + softplus before pooling (He et al. 2016b)
 
 
@@ -64,8 +64,8 @@ class OptimConfig:
     weight_decay: float = 0.0
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_rule: str = "fixed"  # fixed | inverse_lipschitz: α = 1/L̂ (SPEC D4), exploitation phase only
-    lbfgs_mode: str = "fullbatch"  # fullbatch (cached features, SPEC §4 A7) | minibatch
+    lr_rule: str = "fixed"  # fixed | inverse_lipschitz: α = 1/L̂ (docs/paper-choices.md (D4)), exploitation phase only
+    lbfgs_mode: str = "fullbatch"  # fullbatch (cached features, docs/paper-choices.md (A7)) | minibatch
     lbfgs_iters: int = 20  # L-BFGS iterations per exploitation epoch (fullbatch) or per minibatch
     lbfgs_history: int = 10
     lbfgs_line_search: str | None = "strong_wolfe"  # strong_wolfe | None
@@ -78,13 +78,13 @@ class EEConfig:
     m_H: int | None = None  # width of each per-output hidden head
     m_H_factor: float | None = None  # c in m_H = ⌈c·n/m_{H−1}⌉; both None: see eeray.surgery.resolve_m_H
     gate_scale: float = 1.0  # ς' in σ̃(q) = sigmoid(ς'q)
-    output_bias: bool = False  # eq 16 has none (SPEC §4 A9); a flag for sensitivity
+    output_bias: bool = False  # eq 16 has none (docs/paper-choices.md (A9)); a flag for sensitivity
     tau: float = 0.8  # when exploration ends, in tau_unit
     tau_unit: str = "fraction"  # fraction (τ0 of the epochs) | epochs | steps
     epsilon: float = 1e-3  # perturbation scale ε
     perturb_seed: int | None = None  # None: derived from the trial seed (logged)
     perturb_base: str = "final"  # final (last exploration iterate) | tau_minus_1 (literal: skip last update)
-    exploit_backbone_mode: str = "eval"  # eval (theory, SPEC §4 A3) | train (ablation)
+    exploit_backbone_mode: str = "eval"  # eval (theory, docs/paper-choices.md (A3)) | train (ablation)
     reset_optimizer_state: bool = True  # False: G̃ continues G's state for θ_(H−1) (same optimizer class)
     freeze_gate: bool = True  # False: 003-style ablation, the gate keeps following the trained weights
     exploit_optim: OptimConfig | None = None  # G̃; None: the same as G (the paper's G̃ = G)
@@ -110,11 +110,11 @@ class DiagConfig:
     every: int = 1  # schedule spacing in unit (log: number of points)
     unit: str = "epochs"  # epochs | steps | log (log-spaced over the run, incl. 0 and the end)
     max_samples: int | None = None  # diagnostics on the first k training samples (None: all)
-    tol_membership: float = 1e-8  # aligned <=> residual ρ <= tol (SPEC §4 D25)
+    tol_membership: float = 1e-8  # aligned <=> residual ρ <= tol (docs/paper-choices.md (D25))
     method: str = "auto"  # auto | dense | matrix_free
     memory_budget_gb: float = 2.0
     delta_m: bool = True  # ‖M(θ_t) − M(θ_0)‖ with the alignment report
-    certificate: bool = False  # Theorem-3 certificate (SPEC D6)
+    certificate: bool = False  # Theorem-3 certificate (docs/paper-choices.md (D6))
     assumption4: bool = False  # safe-exploration certificate at initialisation (Table 2)
     # BN statistics for Assumption 4 at init: recalibrate (running stats = the training set's, on a copy; at init
     # they are placeholders 0/1 and eval-mode BN would be the identity) | init (the placeholders as they are)

@@ -17,12 +17,12 @@ class DatasetSpec:
     num_classes: int  # 2 for binary tasks
     loader: str  # "module:function" returning TrainingData
     kind: str = "synthetic"  # synthetic | bundled | real (files under the data root)
-    augmentable: bool = False  # has a paper augmentation (SPEC §1.5 E4)
+    augmentable: bool = False  # has a paper augmentation (docs/paper-choices.md (E4))
     description: str = ""
 
     @property
     def m_y(self) -> int:
-        """Output dimension: 1 for binary tasks (BCE-with-logits, SPEC §4 C15), else the class count."""
+        """Output dimension: 1 for binary tasks (BCE-with-logits, docs/paper-choices.md (B15)), else the class count."""
         return 1 if self.num_classes == 2 else self.num_classes
 
 
@@ -48,7 +48,7 @@ DATASETS: dict[str, DatasetSpec] = {
                     description="scikit-learn's 1797 real 8x8 handwritten digits, seeded 1000/797 split"),
         DatasetSpec("digits16", 1000, 797, (1, 16, 16), 10, "eeray.data.synthetic:load_digits16", "bundled",
                     augmentable=True,  # Semeion's recipe
-                    description="the digits resized to 16x16: an offline Semeion-like stand-in (SPEC §4 C22)"),
+                    description="the digits at 16x16: an offline Semeion stand-in (docs/paper-choices.md (C22))"),
         _real("mnist", 60000, 10000, (1, 28, 28), 10, "MNIST (LeCun 1998)"),
         _real("kmnist", 60000, 10000, (1, 28, 28), 10, "Kuzushiji-MNIST (Clanuwat 2019)"),
         _real("fashion_mnist", 60000, 10000, (1, 28, 28), 10, "Fashion-MNIST (Debian dataset-fashion-mnist)",

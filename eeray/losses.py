@@ -1,6 +1,6 @@
 """Losses ℓ on the pre-activation output f (paper §2.1): the output nonlinearity belongs to ℓ.
 
-``bce``: binary tasks with m_y = 1 and labels {0, 1} (BCE-with-logits; SPEC §4 C15). ``ce``: softmax
+``bce``: binary tasks with m_y = 1 and labels {0, 1} (BCE-with-logits; docs/paper-choices.md (B15)). ``ce``: softmax
 cross-entropy on m_y ≥ 2 logits. ``mse``: Σ_j (f_j − y_j)² per sample, one-hot targets for classes.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("bce", "ce", "mse")
-# L_ℓ: Lipschitz constant of ∇ℓ in the output (SPEC D4), for α = 1/L̂
+# L_ℓ: Lipschitz constant of ∇ℓ in the output (docs/paper-choices.md (D4)), for α = 1/L̂
 LOSS_SMOOTHNESS = {"bce": 0.25, "ce": 0.5, "mse": 2.0}
 
 

@@ -1,4 +1,5 @@
-"""MLflow as a mirror of the Parquet record: for browsing, never a dependency and never the source of truth.
+"""MLflow as a mirror of the Parquet record (docs/architecture.md principle 10): for browsing, never a dependency
+and never the source of truth.
 
 One parent run per study execution, one child run per trial linked by the ``mlflow.parentRunId`` tag and named
 readably (``ee c=2 m_c=1 seed=0``), parameters once, metrics with step = optimizer step, tags for the dataset,

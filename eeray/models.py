@@ -1,4 +1,4 @@
-"""The paper's base models f̄ (SPEC §1.5 E1, E2, E4; §4 B13–B17), all with analytic activations.
+"""The paper's base models f̄ (docs/paper-choices.md (E1, E2, E4; B13–B17)), all with analytic activations.
 
 Softplus ln(1 + exp(ςq))/ς with ς = 100 everywhere (Assumption 6 needs real-analytic maps; ReLU and max-pool
 are not). Every model ends in fully-connected layers, so :func:`eeray.surgery.to_ee_model` finds its last
@@ -22,7 +22,7 @@ class FCNet(nn.Sequential):
     """Fully-connected net: ``hidden_layers`` softplus layers of ``width`` units and a linear output.
 
     Paper init (§B.1): every weight ~ N(0, 1/m), m = 300, "for all layers". Bias init is unstated; the
-    default keeps PyTorch's U(±1/√fan_in) (SPEC §4 B17), with zero and N(0, 1/m) as logged variants.
+    default keeps PyTorch's U(±1/√fan_in) (docs/paper-choices.md (B17)), with zero and N(0, 1/m) as logged variants.
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_layers: int = 2, width: int = 300, beta: float = 100.0,
@@ -58,7 +58,7 @@ def init_fc_linear(lin: nn.Linear, std: float, bias_init: str, width: int) -> No
 class LeNet(nn.Module):
     """The paper's five-layer LeNet variant: conv(8m_c, 5x5) → conv(8m_c, 5x5) → FC(128m_c) → FC(m_y).
 
-    Stride 1, no padding; pooling unstated, so ``pool`` ∈ {none, avg2} (SPEC §4 B14; average pooling keeps
+    Stride 1, no padding; pooling unstated: ``pool`` ∈ {none, avg2} (docs/paper-choices.md (B14); average pooling keeps
     analyticity). PyTorch default init (He-based), as the paper.
     """
 
@@ -115,7 +115,7 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """Pre-activation ResNet-18 (He et al. 2016b), CIFAR stem (3x3 conv, stride 1, no max-pool: SPEC §4 B13),
+    """Pre-activation ResNet-18 (He et al. 2016b), CIFAR stem without max-pool (docs/paper-choices.md (B13)),
     stages [2, 2, 2, 2] × {64, 128, 256, 512}, final BN + softplus, global average pool, FC 512 → m_y."""
 
     def __init__(self, num_outputs: int = 10, in_channels: int = 3, beta: float = 100.0, final_bn: bool = True):

@@ -1,4 +1,4 @@
-"""Parquet results: the source of truth (ARCHITECTURE.md principle 6).
+"""Parquet results: the source of truth (docs/architecture.md principle 6).
 
 Layout under ``<results_dir>/<study>/``::
 

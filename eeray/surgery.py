@@ -7,7 +7,7 @@ layer at the end, two FC layers are added on the flattened output. In every case
     f(x)_j = W^(H)_{j*} σ_j(W^(H−1,j), z(x)),   z = [z̄(x), 1],   σ(q, q') = σ̃(q q') ∘ (q q'),
 
 with one hidden head W^(H−1,j) ∈ R^{m_H × m_{H−1}} per output j, and after the switch the gate is frozen:
-σ_{R^(j)}(q, z) = σ̃(R^(j) z) ∘ (q z), R^(j) = W^(H−1,j) at θ^τ (SPEC §4 A2).
+σ_{R^(j)}(q, z) = σ̃(R^(j) z) ∘ (q z), R^(j) = W^(H−1,j) at θ^τ (docs/paper-choices.md (A2)).
 
 The last layers are found by running one example batch with forward hooks, and the result is checked: after
 the replaced layers become identities the body must output exactly the recorded z̄. When that fails (say the
@@ -41,7 +41,7 @@ class EEHead(nn.Module):
     ``hidden.weight[j*m_H:(j+1)*m_H]`` is W^(H−1,j) without its constant-neuron column, which is
     ``hidden.bias[j*m_H:(j+1)*m_H]``. ``out_weight[j]`` is W^(H)_{j*}; output j reads only head j.
     One GEMM over all heads instead of m_y small ones: the per-head einsum cost ~20% of a batch-64
-    ResNet-18 step on an H100 (ENVIRONMENT.md).
+    ResNet-18 step on an H100 (docs/architecture.md, Environment notes).
     """
 
     def __init__(self, in_features: int, num_outputs: int, m_H: int, gate_scale: float = 1.0,
@@ -49,7 +49,7 @@ class EEHead(nn.Module):
         super().__init__()
         self.in_features, self.num_outputs, self.m_H = in_features, num_outputs, m_H
         self.gate_scale = float(gate_scale)
-        self.hidden = nn.Linear(in_features, num_outputs * m_H)  # PyTorch default init (SPEC §4 A10)
+        self.hidden = nn.Linear(in_features, num_outputs * m_H)  # PyTorch default init (docs/paper-choices.md (A10))
         bound = 1 / math.sqrt(m_H)
         self.out_weight = nn.Parameter(torch.empty(num_outputs, m_H).uniform_(-bound, bound))  # W^(H)
         self.out_bias = nn.Parameter(torch.zeros(num_outputs)) if output_bias else None  # eq 16: none
@@ -161,7 +161,7 @@ class EEModel(nn.Module):
 # --------------------------------------------------------------------------- m_H
 def resolve_m_H(m_H: int | None, m_H_factor: float | None, n: int | None, m_H_minus_1: int,
                 replaced_width: int | None = None) -> tuple[int, str]:
-    """m_H and where it came from: given; the rule ⌈c·n/m_{H−1}⌉ (paper: c = 2, ceiling, SPEC E4);
+    """m_H and where it came from: given; the rule ⌈c·n/m_{H−1}⌉ (paper: c = 2, ceiling, docs/paper-choices.md (E4));
     or, with neither given, the width of the replaced hidden layer (two FC layers replaced) else c = 2."""
     if m_H is not None:
         if m_H < 1:

@@ -1,6 +1,6 @@
 """The one training loop: ``run_trial(config, sink, checkpoint=None)``.
 
-A trial is a function of its config (ARCHITECTURE.md principle 1): no Ray import, runs in a test, a notebook,
+A trial is a function of its config (docs/architecture.md principle 1): no Ray import, runs in a test, a notebook,
 on a GPU box and under Tune. Data order is a pure function of (seed, epoch), augmentation randomness of
 (seed, step), and everything else random (init, dropout) comes from the global generator, whose state is in
 the checkpoint — so a run resumed from any checkpoint ends bitwise equal (CPU) to an uninterrupted one.
@@ -100,7 +100,7 @@ class Trial:
         base = build_model(cfg.model, spec).to(self.device)
         if not cfg.ee.enabled:
             return base
-        n_rule = int(self.data.info.get("n_before_split", self.data.n))  # SPEC §4 A11: m_H from the full set
+        n_rule = int(self.data.info.get("n_before_split", self.data.n))  # full-set n (docs/paper-choices.md (A11))
         ee = to_ee_model(base, self.data.x_train[:2], m_H=cfg.ee.m_H, m_H_factor=cfg.ee.m_H_factor, n=n_rule,
                          gate_scale=cfg.ee.gate_scale, output_bias=cfg.ee.output_bias)
         if cfg.model.arch == "fcnet":  # the paper's N(0, 1/m) init covers "all layers" of the modified FC net
@@ -194,7 +194,7 @@ class Trial:
         return losses.mean_loss(self.loss, out, y)
 
     def _lbfgs_epoch(self) -> None:
-        """One exploitation epoch of full-batch L-BFGS on cached features (SPEC §4 A7): K iterations; with
+        """One exploitation epoch of full-batch L-BFGS on cached features (docs/paper-choices.md (A7)): K steps; with
         augmentation the features are recomputed on a fresh augmented copy of the training set."""
         if self._objective is None or self.data.augment is not None:
             gen = torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step)

@@ -106,7 +106,7 @@ class TrialDiagnostics:
         self.after_step(step, phase)
 
     def at_switch(self, step: int, phase: str) -> None:
-        """Lemma 5 per head at the perturbed θ^τ, after the gate freeze (SPEC §4 D28(b))."""
+        """Lemma 5 per head at the perturbed θ^τ, after the gate freeze (docs/paper-choices.md (D28b))."""
         if not (self.cfg.diag.lemma5 and isinstance(self.model, EEModel)):
             return
         from eeray.diagnostics import lemma5_report

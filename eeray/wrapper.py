@@ -98,7 +98,7 @@ class PhaseSchedule:
 
 
 def tau_step_of(ee: EEConfig, epochs: int, steps_per_epoch: int) -> int:
-    """τ in steps. A fraction τ0 lands on an epoch boundary: τ = round(τ0·T̂) epochs (SPEC §4 A6)."""
+    """τ in steps. A fraction τ0 lands on an epoch boundary: τ = round(τ0·T̂) epochs (docs/paper-choices.md (A6))."""
     if ee.tau_unit == "steps":
         tau = int(ee.tau)
     elif ee.tau_unit == "epochs":
@@ -184,7 +184,7 @@ class EEWrapper:
         self.perturbation = perturb_([p for p in model.parameters() if p.requires_grad], self.epsilon,
                                      self.perturb_seed)
         if self.freeze_gate_at_switch:
-            model.head.freeze_gate()  # R^(j) read from the PERTURBED θ^τ (SPEC §1.4.1 order of events)
+            model.head.freeze_gate()  # R^(j) from the PERTURBED θ^τ (docs/paper-choices.md, Definitions)
         old = self.optimizer
         self._freeze_all_but_hidden()
         if self._late_exploit_factory is not None:
@@ -208,7 +208,7 @@ class EEWrapper:
 
     def train_mode(self) -> None:
         """model.train(), except that the backbone is in eval mode while exploiting (BN running statistics
-        frozen, z a fixed function of x: SPEC §4 A3) unless the train-mode ablation is asked for."""
+        frozen, z a fixed function of x: docs/paper-choices.md (A3)) unless the train-mode ablation is asked for."""
         self.model.train()
         if self.switched and self.backbone_mode == "eval":
             self.model.body.eval()  # type: ignore[union-attr]
@@ -264,7 +264,7 @@ def perturb_seed_of(cfg) -> int:
 def wrapper_from_config(cfg, model: nn.Module, schedule: PhaseSchedule, x_train: torch.Tensor,
                         loss: str) -> EEWrapper:
     """G and G̃ from ``cfg.optim`` / ``cfg.ee.exploit_optim``. With ``lr_rule='inverse_lipschitz'`` G̃ is
-    built at the switch with α = 1/(L̂ + λ), L̂ from the exploitation features at θ^τ (SPEC D4)."""
+    built at the switch with α = 1/(L̂ + λ), L̂ from the exploitation features at θ^τ (docs/paper-choices.md (D4))."""
     explore = make_optimizer_factory(cfg.optim)
     if not cfg.ee.enabled:
         return EEWrapper(model, explore, None, schedule)

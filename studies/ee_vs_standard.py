@@ -28,7 +28,7 @@ from eeray.study import Resources, Study
 
 PAPER = ("mnist", "cifar10", "cifar100", "semeion", "kmnist", "svhn")
 NO_AUG = ("mnist", "cifar10", "cifar100")  # Table 4
-# the paper's argmin of Tables 7–15 (SPEC §2; the underlines are lost): (dataset, augment) -> (ε, τ0)
+# the argmin of Tables 7–15 (docs/paper-choices.md, Grid picks): (dataset, augment) -> (ε, τ0)
 PAPER_CHOSEN = {("mnist", True): (1e-3, 0.8), ("cifar10", True): (1e-5, 0.6), ("cifar100", True): (1e-3, 0.6),
                 ("semeion", True): (1e-5, 0.4), ("kmnist", True): (1e-3, 0.6), ("svhn", True): (1e-3, 0.6),
                 ("mnist", False): (1e-3, 0.8), ("cifar10", False): (1e-5, 0.4), ("cifar100", False): (1e-3, 0.4)}
@@ -107,7 +107,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--stage", choices=("all", "certify", "grid", "final"), default="all")
     p.add_argument("--chosen", choices=("grid", "paper"), default="grid",
-                   help="final stage: (ε, τ0) from this run's grid, or the paper's picks (SPEC §2)")
+                   help="final stage: (ε, τ0) from this run's grid, or the paper's (docs/paper-choices.md, Grid picks)")
     extra, rest = p.parse_known_args()
     stages = ("certify", "grid", "final") if extra.stage == "all" else (extra.stage,)
     results_dir = rest[rest.index("--results-dir") + 1] if "--results-dir" in rest else "results"

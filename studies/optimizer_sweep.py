@@ -2,9 +2,9 @@
 
 G̃ ∈ {SGD, L-BFGS} × learning rate ∈ {0.2, 0.1, 0.01, 0.001} × τ0 ∈ {0.4, 0.6, 0.8} × ε ∈ {1e-3, 1e-5}, with the
 Standard baseline (no EE) at every learning rate. G = SGD (momentum 0.9, weight decay 1e-5, batch 64) at the
-swept learning rate; G̃ = SGD is the paper's G̃ = G; G̃ = L-BFGS runs full-batch on cached features (SPEC §4 A7:
+swept lr; G̃ = SGD is the paper's G̃ = G; G̃ = L-BFGS runs full-batch on cached features (docs/paper-choices.md (A7):
 strong-Wolfe line search, lr 1, 20 iterations per exploitation epoch, history 10). Selection uses the 80/20
-train/validation split (SPEC §4 E34): `final_test_error` is the validation error here.
+train/validation split (docs/paper-choices.md (E34)): `final_test_error` is the validation error here.
 
 Data: the paper used MNIST with augmentation and ResNet-18 (profile paper, needs --data-root with MNIST, else
 Fashion-MNIST from Debian); laptop and smoke use LeNet on digits16 (real digits, always available).

@@ -1,7 +1,7 @@
 """Table 2: is the safe-exploration condition (Assumption 4) certified for each dataset present?
 
 At initialisation (He-based PyTorch init, BN in eval mode, the non-augmented training set) and with q ~ N(0, I),
-the n×n Gram (ZZᵀ)∘(SSᵀ) of φ(q, θ) (SPEC D2) is certified positive definite by a shifted Cholesky in float64 and
+the n×n Gram (ZZᵀ)∘(SSᵀ) of φ(q, θ) (docs/paper-choices.md (D2)) is certified positive definite by shifted Cholesky and
 cross-checked by a second method where memory allows — the paper verified "twice by two standard methods".
 m_H = ⌈2n/513⌉ for the pre-activation ResNet-18 (m_{H−1} = 513), exactly Table 2's widths. Datasets whose files
 are not under the data root are listed and skipped; digits16 (scikit-learn's digits) is always there.

@@ -1,6 +1,6 @@
 """GD vs A(GD) on the sine wave (paper §3.4.1, Figs. 2–3) as a sensitivity study over what the paper leaves open.
 
-The paper's figure did not reproduce cleanly under SPEC.md's resolutions (SPEC §4 G): the outcome moves with the
+The paper's figure did not reproduce cleanly (docs/paper-choices.md (G)): the outcome moves with the
 seed and with choices the paper does not state. So this study sweeps them — hidden layers {2, 3}, bias init
 {PyTorch default, zero, N(0, 1/m)}, first-layer std {1/√300, 1} — over ≥ 10 seeds, with E3's settings otherwise
 (full-batch SGD lr 0.1 momentum 0.98, BCE, softplus ς = 100, ς' = 1000, ε = 0.01, τ = 2000 steps, 10,000
@@ -24,7 +24,7 @@ SIZES = {  # profile: (epochs, τ in steps, seeds, diagnostics every k epochs, f
     "smoke": (150, 30, [0, 1], 50, False),
     "laptop": (2000, 400, list(range(10)), 100, True),
     "paper": (10000, 2000, list(range(10)), 250, True),
-    "e3": (10000, 2000, list(range(5)), 250, False),  # SPEC E3 exactly: 2 layers, default bias, std 1/√300
+    "e3": (10000, 2000, list(range(5)), 250, False),  # docs/paper-choices.md (E3): 2 layers, default bias, std 1/√300
 }
 CHOICES = ("cfg.model.fc_hidden_layers", "cfg.model.fc_bias_init", "cfg.model.fc_first_layer_std")
 

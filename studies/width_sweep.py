@@ -1,6 +1,6 @@
 """Does training success follow network size or the data-architecture alignment condition? (LeNet, Fig. 1)
 
-The headline study (paper §2.2, Fig. 1; SPEC §4 F41): LeNet with m_c ∈ {1, 2, 4} trained by SGD on the random
+The headline study (§2.2, Fig. 1; docs/paper-choices.md (F41)): LeNet, m_c ∈ {1, 2, 4}, trained by SGD on the random
 16×16 set and on real handwritten digits, several seeds, with the alignment report and Q_T (eq 7) tracked per
 epoch; the EE variant also sweeps m_H = ⌈c·n/m_{H−1}⌉, c ∈ {0.5, 1, 2, 4}.
 
@@ -18,7 +18,7 @@ from eeray.study import Resources, Study
 SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples, diagnostics every k epochs)
     "smoke": (600, 3, [0], [1, 2], 24, 1),  # n = 600 > m_{H−1} = 513, so c = 0.5 and c = 2 differ (m_H 1 vs 3)
     "laptop": (600, 40, [0, 1, 2], [1, 2, 4], 100, 2),  # n = 600: c = 0.5, 1, 2, 4 give m_H 1, 2, 3, 5 (m_c = 1)
-    "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None, 60),  # 60 log-spaced evaluations (SPEC §4 D31)
+    "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None, 60),  # 60 log-spaced points (docs/paper-choices.md (D31))
 }
 
 
@@ -26,7 +26,7 @@ def build(profile: str) -> Study:
     n, epochs, seeds, widths, diag_n, diag_every = SIZES[profile]
     base = TrialConfig(
         data=DataConfig(name="random16", n_train=n),
-        model=ModelConfig(arch="lenet", lenet_pool="none"),  # SPEC §4 B14: the literal reading
+        model=ModelConfig(arch="lenet", lenet_pool="none"),  # docs/paper-choices.md (B14): the literal reading
         optim=OptimConfig(lr=0.1, momentum=0.9),  # paper §B.1
         ee=EEConfig(enabled=False, tau=0.8, epsilon=1e-3),
         train=TrainConfig(epochs=epochs, batch_size=100 if n >= 100 else 16, eval_every=1,

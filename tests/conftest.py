@@ -2,7 +2,7 @@
 import os
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only (ENVIRONMENT.md)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only (docs/architecture.md, Environment notes)
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster only (ENVIRONMENT.md)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster only (docs/architecture.md, Environment notes)
 ray = pytest.importorskip("ray")
 
 from eeray.diagnostics import alignment_report  # noqa: E402

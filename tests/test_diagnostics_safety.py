@@ -22,7 +22,7 @@ def random_z(n, m, seed=0):
 
 
 def explicit_phi(z, s):
-    """φ (n, m_H·m_{H−1}): row i = [s_i1 z_iᵀ, …, s_iK z_iᵀ] (SPEC §1.4.3)."""
+    """φ (n, m_H·m_{H−1}): row i = [s_i1 z_iᵀ, …, s_iK z_iᵀ] (docs/paper-choices.md, Definitions)."""
     return (s[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1)
 
 

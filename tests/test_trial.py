@@ -80,7 +80,7 @@ def test_divergence_is_an_error_naming_the_step_and_learning_rate():
 
 
 def exploitation_gram_rank(model, x) -> tuple[int, int]:
-    """Numerical rank of the Lemma-5 Gram (ZZᵀ)∘(S D² Sᵀ) (SPEC D2) for head 0, computed here from scratch."""
+    """Numerical rank of the Lemma-5 Gram (ZZᵀ)∘(S D² Sᵀ) (docs/paper-choices.md (D2)) for head 0, from scratch."""
     with torch.no_grad():
         z = model.features(x).double()
         zc = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)  # (n, m_{H−1})
@@ -117,7 +117,7 @@ def test_full_rank_exploitation_features_let_lbfgs_reach_zero_training_error():
 
 def test_gd_at_inverse_lipschitz_never_increases_the_exploitation_loss():
     """Theorem 5(i): with the gate frozen the exploitation problem is convex and L̂-smooth (Lemma 8), so GD with
-    α = 1/L̂ (SPEC D4) decreases L̂ at every step."""
+    α = 1/L̂ (docs/paper-choices.md (D4)) decreases L̂ at every step."""
     cfg = TrialConfig(
         data=DataConfig(name="sine", n_train=50),
         model=ModelConfig(fc_first_layer_std=1.0),

@@ -1,5 +1,5 @@
-"""Analysis over the Parquet results (ARCHITECTURE.md principle 6): does training success follow network size or
-the data-architecture alignment condition (SPEC.md §4 F41)? Measures per trial, rank (partial) correlations with
+"""Analysis over the Parquet results (docs/architecture.md principle 6): does training success follow network size or
+the alignment condition (docs/paper-choices.md (F41))? Measures per trial, rank (partial) correlations with
 cluster-bootstrap intervals over seeds, the paper's figures and tables, and a static HTML report::
 
     from eeray import analysis

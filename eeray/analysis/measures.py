@@ -1,4 +1,4 @@
-"""Per-trial measures from the Parquet results alone (ARCHITECTURE.md principle 6; SPEC.md §4 F41, D23–D29).
+"""Per-trial measures from the Parquet results alone (docs/architecture.md; docs/paper-choices.md (F41, D23–D29)).
 
 One row per trial with three groups of columns:
 

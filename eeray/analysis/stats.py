@@ -1,5 +1,5 @@
 """Does training error follow size, or alignment? Rank correlations, rank partial correlations and
-cluster-bootstrap intervals over seeds (SPEC.md §4 F41).
+cluster-bootstrap intervals over seeds (docs/paper-choices.md (F41)).
 
 * Spearman ρ and Kendall τ-b (scipy.stats) between error, alignment and size.
 * Partial correlations error ~ alignment | size and error ~ size | alignment are **rank-based**: the partial
@@ -132,7 +132,7 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
     when they are (``undefined_because``: a column constant in the group, or fewer than 3 trials).
 
     ``measures`` is :func:`eeray.analysis.trial_measures`' table (or any frame with these columns); ``by`` splits
-    it (SPEC F41: per dataset); rows with a missing value in the three columns are left out (failed trials)."""
+    it (docs/paper-choices.md (F41): per dataset); rows missing one of the three columns are dropped (failed trials)."""
     for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
                      *(("by", b) for b in by)):
         if col not in measures.columns:

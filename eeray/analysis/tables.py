@@ -1,7 +1,7 @@
 """The paper's tables from per-trial measures: mean (std) over seeds (Tables 3, 4, 6 and the learning-rate study),
 the Lemma-5 table of the sine-wave study and the safe-exploration table (Table 2).
 
-Standard deviations are sample standard deviations (ddof = 1, SPEC.md §4 E35); with a single seed there is none,
+Standard deviations are sample ones (ddof = 1, docs/paper-choices.md (E35)); with a single seed there is none,
 and the cell says so ("0.30 (–)") instead of printing 0.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's augmentations (SPEC §1.5 E4), per sample but batched on the batch's device.
+"""The paper's augmentations (docs/paper-choices.md (E4)), per sample but batched on the batch's device.
 
 The paper applied torchvision transforms to one PIL image at a time in a DataLoader. Here a trial keeps its
 data on the GPU and augments whole batches, so each transform is re-expressed as one batched tensor op with
@@ -90,10 +90,10 @@ class PaperAugmentation:
 
 
 def paper_augmentation(name: str, normalization: dict[str, Sequence[float]] | None) -> PaperAugmentation:
-    """The SPEC E4 augmentation of dataset ``name``; ``normalization`` = TrainingData.info["normalization"]
+    """The E4 augmentation (docs/paper-choices.md) of ``name``; ``normalization`` = TrainingData.info["normalization"]
     ({"mean": [...], "std": [...]} or None for raw [0, 1] / binary inputs, whose black is 0)."""
     if name not in _RECIPES:
-        raise NoAugmentationError(f"dataset '{name}' has no paper augmentation (SPEC §1.5 E4); "
+        raise NoAugmentationError(f"dataset '{name}' has no paper augmentation (docs/paper-choices.md (E4)); "
                                   f"valid: {', '.join(_RECIPES)}")
     size, pad, deg, scale, flip = _RECIPES[name]
     if normalization is None:

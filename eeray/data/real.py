@@ -12,11 +12,11 @@ Data root: ``DataConfig.root``, else ``$EERAY_DATA_ROOT``. Under it, per dataset
     semeion        semeion.data   (UCI; 1593 rows: 256 binary pixels + 10 one-hot label columns)
 
 Semeion has no official split: the paper used 1000 random training points and the other 593 for testing. We
-take a seeded permutation (numpy default_rng(DataConfig.seed), seed 0 by default and fixed across trials, SPEC §4
-C20) and put its first round(1000/1593 · rows) rows — exactly 1000 for the real file — in the training set.
+take a seeded permutation (numpy default_rng(DataConfig.seed), seed 0 by default and fixed across trials,
+docs/paper-choices.md (C20)) and put its first round(1000/1593 · rows) rows (1000 for the real file) in training.
 
 Pixels follow torchvision's ToTensor + Normalize exactly: uint8 / 255, then (x − mean) / std per channel in
-float32 with the standard per-dataset constants below (SPEC §4 C21); Semeion stays binary 0/1.
+float32 with the standard per-dataset constants below (docs/paper-choices.md (C21)); Semeion stays binary 0/1.
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def load_sine(cfg) -> TrainingData:
 
 
 def load_moons(cfg) -> TrainingData:
-    """sklearn.datasets.make_moons(n, noise, shuffle=True, random_state=seed) (SPEC §4 C19)."""
+    """sklearn.datasets.make_moons(n, noise, shuffle=True, random_state=seed) (docs/paper-choices.md (C19))."""
     from sklearn.datasets import make_moons
 
     n, n_test = _sizes(cfg)

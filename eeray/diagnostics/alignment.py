@@ -1,4 +1,4 @@
-"""The alignment report (Definition 2, SPEC §4 D25–D27): is vec(Y_ℓ) ∈ Col(J(θ))?
+"""The alignment report (Definition 2, docs/paper-choices.md (D25–D27)): is vec(Y_ℓ) ∈ Col(J(θ))?
 
 Dense: M = JJᵀ in float64 (chunked, :mod:`eeray.diagnostics.gram`), ``eigh``, rank r = #{λ_i > λ_max·N·eps64},
 ρ = ‖(I − P)v‖²/‖v‖², aligned ⟺ ρ ≤ tol; second test: rank augmentation (:mod:`.spectral`).
@@ -90,7 +90,7 @@ def alignment_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: s
       params: parameter names of the Jacobian (default: all trainable parameters).
       tol: aligned ⟺ ρ ≤ tol. memory_budget_bytes: for M, its eigendecomposition and the Jacobian chunks.
       method: "auto" (dense when 7·N²·8 bytes and the chunking fit the budget) | "dense" | "matrix_free".
-      certificate: also compute the Theorem-3 certificate (SPEC D6) with S = ``linear_params``
+      certificate: also compute the Theorem-3 certificate (docs/paper-choices.md (D6)) with S = ``linear_params``
         (default :func:`default_linear_params`).
       batch_size: samples per batched forward / jvp / vjp. krylov_max_iter: LSQR/LSMR iteration cap.
       estimate_lambda_min: matrix-free only: Lanczos estimate of λ_min (up to ~600 extra M·v products; off by

@@ -1,4 +1,4 @@
-"""The per-iterate optimality certificate of Lemma 1 / Theorem 3 (SPEC §1.2 eqs 80–81, SPEC D6):
+"""The per-iterate optimality certificate of Lemma 1 / Theorem 3 (docs/paper-choices.md: Definitions, D6):
 
     L(θ) ≤ L*(ηY_ℓ) + ‖ν(θ) − β̂(θ, η)‖ · ‖∇L(θ)‖,   valid when vec(Y_ℓ) ∈ Col(J),
 

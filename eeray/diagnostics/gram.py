@@ -1,5 +1,5 @@
 """M = JJᵀ (the empirical NTK Gram, N × N with N = n·m_y, sample-major rows) built in chunks under a memory
-budget, in float64, without ever holding the whole Jacobian (SPEC D1, §4 D31).
+budget, in float64, without ever holding the whole Jacobian (docs/paper-choices.md (D1, D31)).
 
 Two exact ways of forming each part of M:
   * **Linear-layer factorisation.** For an ``nn.Linear`` applied once to (B, in) inputs a, the Jacobian row of

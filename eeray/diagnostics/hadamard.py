@@ -1,4 +1,4 @@
-"""The n × n Gram (ZZᵀ)∘(S Sᵀ) = φφᵀ (SPEC D2) and its full-rank certificate, without forming φ
+"""The n × n Gram (ZZᵀ)∘(S Sᵀ) = φφᵀ (docs/paper-choices.md (D2)) and its full-rank certificate, without forming φ
 (n × m_H·m_{H−1}).
 
 * Formation: the lower triangle only, in row blocks, into one preallocated n × n float64 matrix; the row sums

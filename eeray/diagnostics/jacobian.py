@@ -7,7 +7,7 @@ natural memory order of an (n, m_y) tensor). This is a fixed permutation of the 
 eigenvalues, residuals and Frobenius norms do not depend on it. ``vec_sample_major(Y)`` flattens targets in
 the same order.
 
-BN / dropout. Every computation runs with the whole model in eval mode (SPEC §4 D30: train-mode BN couples
+BN / dropout. Every computation runs with the model in eval mode (docs/paper-choices.md (D30): BN couples
 the samples); the caller's per-module ``training`` flags are restored afterwards.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Losses as the diagnostics see them: Y_ℓ (SPEC §1.2), the loss value L(θ), L_ℓ (Assumption 5) and the
-closed forms of L*(ηY_ℓ) (SPEC D5).
+"""Losses as the diagnostics see them: Y_ℓ (docs/paper-choices.md, Definitions), L(θ), L_ℓ (Assumption 5) and the
+closed forms of L*(ηY_ℓ) (docs/paper-choices.md (D5)).
 
 Conventions (one per loss name, used everywhere in :mod:`eeray.diagnostics`):
   * ``"bce"``: m_y = 1, labels 0/1, ℓ = BCE-with-logits, Y_ℓ = 2y − 1 (an (n, 1) matrix of ±1).
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from eeray.diagnostics.errors import DiagnosticsError, TargetEncodingError
 
 LOSSES = ("bce", "ce", "mse")
-LIPSCHITZ = {"bce": 0.25, "ce": 0.5, "mse": 2.0}  # L_ℓ of Assumption 5 (SPEC D4)
+LIPSCHITZ = {"bce": 0.25, "ce": 0.5, "mse": 2.0}  # L_ℓ of Assumption 5 (docs/paper-choices.md (D4))
 
 
 def check_loss(loss: str) -> str:
@@ -73,7 +73,7 @@ def _from_labels(y: torch.Tensor, loss: str, m_y: int, integer: bool) -> torch.T
 
 
 def modified_targets(y: torch.Tensor, loss: str, m_y: int) -> torch.Tensor:
-    """Y_ℓ (n, m_y) float64: 2Y − 1 for "bce"/"ce" (entries ±1), Y for "mse" (SPEC §1.2)."""
+    """Y_ℓ (n, m_y) float64: 2Y − 1 for "bce"/"ce" (entries ±1), Y for "mse" (docs/paper-choices.md, Definitions)."""
     big_y = targets(y, loss, m_y)
     return big_y if loss == "mse" else 2.0 * big_y - 1.0
 
@@ -90,7 +90,7 @@ def loss_value(out: torch.Tensor, big_y: torch.Tensor, loss: str) -> torch.Tenso
 
 
 def optimal_loss(eta: float, loss: str, m_y: int, y_sq_norm_per_sample: float = 0.0) -> float:
-    """L*(ηY_ℓ) in closed form (SPEC D5); ``y_sq_norm_per_sample`` = ‖Y‖_F²/n, used by "mse" only."""
+    """L*(ηY_ℓ) in closed form (docs/paper-choices.md (D5)); ``y_sq_norm_per_sample`` = ‖Y‖_F²/n, used by "mse" only."""
     check_loss(loss)
     if loss == "mse":
         return (eta - 1.0) ** 2 * y_sq_norm_per_sample

@@ -73,7 +73,7 @@ class KrylovResult:
 
 def krylov_residual(p: Products, v: np.ndarray, *, solver: str = "lsqr", tol: float = 1e-8,
                     atol: float = 1e-10, max_iter: int = 1000) -> KrylovResult:
-    """min_β ‖Jβ − v‖ by LSQR or LSMR started at 0 (so β is the minimum-norm solution, β̂ of SPEC §1.2).
+    """min_β ‖Jβ − v‖ by LSQR or LSMR started at 0 (so β is the minimum-norm β̂, docs/paper-choices.md).
 
     Args:
       v: (N,) target vector. tol: the membership tolerance; the consistent-system stop is

@@ -2,7 +2,7 @@
 joins them to :func:`eeray.diagnostics.alignment.alignment_report` for a training loop.
 
 Q_T = Σ_{t ∈ schedule, t ≤ T} 1{vec(Y_ℓ) ∉ Col(J(θ^t))}: eq 7 counts t = 0..T inclusive; with a sparse
-schedule it counts the evaluated steps (SPEC §4 D23–D24), and the schedule is logged with it.
+schedule it counts the evaluated steps (docs/paper-choices.md (D23–D24)), and the schedule is logged with it.
 """
 from __future__ import annotations
 

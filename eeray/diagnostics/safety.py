@@ -1,6 +1,6 @@
 """Safe exploration (Assumption 4, Table 2) and the exploitation-phase rank (Lemma 5), plus the L̂ constant.
 
-Z comes from the backbone in eval mode (SPEC §4 D28, D30) on the samples given (pass the non-augmented
+Z comes from the backbone in eval mode (docs/paper-choices.md (D28, D30)) on the samples given (pass the non-augmented
 training set), with the constant neuron appended: z = [z̄, 1] (n, m_{H−1}).
   * Assumption 4 at initialisation: q ~ N(0, I) (m_{H−1} × m_H) from a seeded generator, S = σ̃(ς' Z q),
     Gram = (ZZᵀ)∘(SSᵀ) = φφᵀ.
@@ -62,7 +62,7 @@ class Assumption4Report:
 def assumption4_report(model: nn.Module, x: torch.Tensor, *, m_H: int | None = None, seed: int = 0,
                        gate_scale: float | None = None, memory_budget_bytes: int | None = None,
                        second_method: str = "auto", batch_size: int = 1024) -> Assumption4Report:
-    """Assumption 4 at the current backbone with q ~ N(0, I) (Table 2's check, SPEC §4 D28(a)).
+    """Assumption 4 at the current backbone with q ~ N(0, I) (Table 2's check, docs/paper-choices.md (D28a)).
 
     Args:
       model: an EE model (its backbone gives Z). x: the non-augmented training inputs (n, ...).
@@ -132,7 +132,7 @@ def lemma5_report(model: nn.Module, x: torch.Tensor, *, memory_budget_bytes: int
 
 
 def lipschitz_hat(model: nn.Module, x: torch.Tensor, loss: str, batch_size: int = 1024) -> float:
-    """L̂ = (L_ℓ/n)·‖Z‖² with Z_i = ‖z_i‖·max_j ‖w_j ∘ S^{(j)}_{i*}‖ (SPEC D4): ∇L̂ is L̂-Lipschitz (Lemma 8),
+    """L̂ = (L_ℓ/n)·‖Z‖², Z_i = ‖z_i‖·max_j ‖w_j ∘ S^{(j)}_{i*}‖ (docs/paper-choices.md (D4)): ∇L̂ is L̂-Lipschitz,
     so GD on θ_(H−1) with α = 1/L̂ satisfies Theorem 5(i). Gates as in :func:`head_gates`."""
     check_loss(loss)
     z = backbone_features(model, x, batch_size)  # (n, m_{H−1})

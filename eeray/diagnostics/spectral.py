@@ -1,5 +1,5 @@
 """Decisions from a dense float64 M: eigendecomposition, numerical rank, residual ρ, the spectral energy
-profile e(κ), and the rank-augmentation test (SPEC §4 D25–D27). Shared by the local report and the actor pool
+profile e(κ), the rank-augmentation test (docs/paper-choices.md (D25–D27)). Shared by the local report and the pool
 (which builds M on actors and decides on the driver)."""
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def decide(gram: torch.Tensor, v: torch.Tensor, other: torch.Tensor | None = Non
 
 
 def augmented_rank(gram: torch.Tensor, v: torch.Tensor, decision: SpectralDecision) -> int:
-    """rank(M + (λ_max/‖v‖²) v vᵀ) with the SAME absolute threshold as rank(M) (SPEC D25's second test).
+    """rank(M + (λ_max/‖v‖²) v vᵀ) with rank(M)'s absolute threshold (docs/paper-choices.md (D25): second test).
     By eigenvalue interlacing it is rank(M) or rank(M) + 1; +1 means v has a component outside Col(M) that
     is at least the threshold's order. Peak memory: one extra N × N copy (plus LAPACK's own)."""
     scale = decision.lambda_max / float(v @ v) if decision.lambda_max > 0 else 1.0

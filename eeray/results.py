@@ -52,7 +52,7 @@ SUMMARY_FIELDS = [
     ("d_body", _I), ("d_hidden", _I), ("d_head", _I), ("trainable", _I), ("perturb_epsilon", _F), ("perturb_d", _I),
     ("perturb_norm", _F), ("perturb_expected_norm", _F), ("final_Q_T", _I), ("diag_evaluations", _I),
     ("final_residual", _F), ("final_aligned", _B), ("last_Q_T_increment_step", _I),
-    ("assumption4_certified", _B), ("lemma5_full_rank", _B), ("git_commit", _S), ("wall_seconds", _F),
+    ("assumption4_certified", _B), ("lemma5_full_rank", _B), ("git_commit", _S),
     ("frozen_body_graphs", _S), ("train_step_graphs", _S),
     ("memory_format", _S)]
 

@@ -47,7 +47,6 @@ class Resources:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    key: str  # the grid point, as Tune sees it (variant label + grid values)
     name: str  # readable: "ee c=0.5 m_c=2 seed=1"
     overrides: dict[str, Any]
     config: TrialConfig
@@ -101,7 +100,7 @@ class Study:
         return " ".join(p for p in parts if p)
 
     def trials(self) -> list[TrialSpec]:
-        return [TrialSpec(self.trial_name(p), self.trial_name(p), self.overrides(p), self.config(p))
+        return [TrialSpec(self.trial_name(p), self.overrides(p), self.config(p))
                 for p in self.points()]
 
 
@@ -123,6 +122,13 @@ def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
                           "(study.search with an '...lr' key)")
     if study.mode not in ("min", "max"):
         raise ConfigError("study.mode", study.mode, "must be 'min' or 'max'")
+    from eeray.results import schema
+
+    trial_columns = schema("trials").names
+    for col in study.summary_columns:
+        if col not in trial_columns:  # a summary never silently drops a column the schema does not have
+            raise ConfigError("study.summary_columns", col, "must name columns of the trials table; see "
+                              "docs/results-schema.md")
     for key in study.grid:
         if not study.grid[key]:
             raise ConfigError(f"grid.{key}", study.grid[key], "a sweep axis needs at least one value")

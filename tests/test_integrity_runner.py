@@ -73,7 +73,16 @@ def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("integrity_reference")
     out = run_study(STUDY, path, "--smoke")  # exit 0: every trial completed
     assert "2 trials (2 completed, 0 failed)" in out.stdout
+    (path / "stdout.txt").write_text(out.stdout + out.stderr)
     return path
+
+
+def test_progress_counts_trials_by_state_with_an_eta_and_names_only_eerays_locations(reference):
+    printed = (reference / "stdout.txt").read_text()
+    line = next(l for l in printed.splitlines() if l.startswith("[integrity]") and "pending" in l)
+    assert all(w in line for w in ("completed,", "running,", "pending,", "failed of 2;", "elapsed", "ETA")), line
+    assert "ray_results" not in printed and "Result logdir" not in printed and "Tuner.restore" not in printed
+    assert f"Parquet: {reference / 'integrity'}" in printed
 
 
 def _free_port() -> int:

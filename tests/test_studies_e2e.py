@@ -180,6 +180,7 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tmp_pat
     res = load(tmp_path, "tiny")
     failed = res.trials[res.trials.status == "failed"]
     assert list(failed.trial_name) == ["diverge"] and (res.trials.status == "completed").sum() == 3
+    assert failed.attempts.iloc[0] == 1  # final at once: a retry would diverge again (max_failures = 1)
     assert "training loss is" in failed.failure_reason.iloc[0] and "lr 1e+12" in failed.failure_reason.iloc[0]
     client, exp, runs = mlflow_runs(tmp_path, "tiny")
     run = next(r for r in runs if r.info.run_name == "diverge")

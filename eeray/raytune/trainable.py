@@ -14,6 +14,7 @@ running out of memory beside packed trials, and transient I/O.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import tempfile
@@ -60,14 +61,19 @@ class TuneSink:
         return metrics
 
 
+# I/O errors that another attempt can outlive (a storage hiccup, a stale NFS handle, a dropped connection); a
+# corrupt or missing file fails the same way every time
+_TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EAGAIN,
+                     errno.EBUSY}
+
+
 def retryable(exc: BaseException) -> bool:
     """Whether another attempt (on this or another node) could succeed where this one failed."""
     import ray.exceptions
 
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False  # missing or unreadable files stay missing
-    return isinstance(exc, (ray.exceptions.RayError, torch.cuda.OutOfMemoryError, ConnectionError, TimeoutError,
-                            OSError))
+    if isinstance(exc, (ray.exceptions.RayError, torch.cuda.OutOfMemoryError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
 def tune_trial(config: dict[str, Any], study) -> None:

@@ -22,9 +22,9 @@ from eeray.diagnostics.errors import DiagnosticsError, MemoryBudgetError
 from eeray.diagnostics.gram import dense_bytes
 from eeray.diagnostics.jacobian import check_inputs, vec_sample_major
 from eeray.diagnostics.local import LocalBackend
-from eeray.diagnostics.losses import check_loss, modified_targets, targets
 from eeray.diagnostics.matrix_free import extreme_eigenvalues, gram_operator, krylov_residual
 from eeray.diagnostics.spectral import KAPPAS, augmented_rank, decide, pinv_quadratic
+from eeray.losses import check_loss, modified_targets, targets
 
 METHODS = ("auto", "dense", "matrix_free")
 DEFAULT_BUDGET = 2 * 2**30
@@ -86,7 +86,7 @@ def alignment_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: s
     Args:
       model: an EE model or any ``nn.Module`` (B, ...) -> (B, m_y); evaluated in eval mode (restored after).
       x: (n, ...) inputs on the model's device. y: (n,) int64 labels (or float targets for "mse").
-      loss: "bce" | "ce" | "mse" (see :mod:`eeray.diagnostics.losses` for Y_ℓ).
+      loss: "bce" | "ce" | "mse" (see :mod:`eeray.losses` for Y_ℓ).
       params: parameter names of the Jacobian (default: all trainable parameters).
       tol: aligned ⟺ ρ ≤ tol. memory_budget_bytes: for M, its eigendecomposition and the Jacobian chunks.
       method: "auto" (dense when 7·N²·8 bytes and the chunking fit the budget) | "dense" | "matrix_free".
@@ -118,7 +118,7 @@ def report_from_backend(backend, y: torch.Tensor, loss: str, *, tol: float, memo
     t0 = _now(backend.device)
     out = backend.outputs()  # (n, m_y); raises on NaN/inf
     n, m_y = out.shape
-    y_l = modified_targets(y.cpu(), loss, m_y).to(backend.device)  # (n, m_y) float64
+    y_l = modified_targets(loss, y.cpu(), m_y).to(backend.device)  # (n, m_y) float64
     v = vec_sample_major(y_l)  # (N,)
     chosen = _choose(backend, m_y, memory_budget_bytes, method)
     nu = backend.nu(list(linear_params or default_linear_params(backend.model))) if certificate else None
@@ -131,7 +131,7 @@ def report_from_backend(backend, y: torch.Tensor, loss: str, *, tol: float, memo
                                  estimate_lambda_min)
         gram = None
     if certificate:
-        big_y = targets(y.cpu(), loss, m_y).to(backend.device)
+        big_y = targets(loss, y.cpu(), m_y).to(backend.device)
         loss_now, grad_norm = backend.loss_and_grad_norm(big_y, loss)
         f = vec_sample_major(out.to(torch.float64))
         a1 = float(torch.linalg.vector_norm(j_nu - f) / torch.linalg.vector_norm(f).clamp_min(1e-300))

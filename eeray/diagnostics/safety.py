@@ -17,7 +17,7 @@ from torch import nn
 from eeray.diagnostics.errors import DiagnosticsError, SafeExplorationError
 from eeray.diagnostics.hadamard import GramRankReport, gram_certificate
 from eeray.diagnostics.jacobian import check_finite, eval_mode
-from eeray.diagnostics.losses import LIPSCHITZ, check_loss
+from eeray.losses import LIPSCHITZ, check_loss
 
 
 def minimum_m_H(n: int, m_H_minus_1: int) -> int:

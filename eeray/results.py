@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from eeray.config import TrialConfig
 
 SCHEMA_VERSION = 1
-TABLES = ("trials", "steps", "diagnostics", "safety")
+PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
 PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
               "safety": ("dataset", "kind")}
 
@@ -228,4 +228,4 @@ def load(results_dir: str | os.PathLike, study: str) -> Results:
     if not (Path(results_dir) / study).is_dir():
         have = sorted(p.name for p in Path(results_dir).glob("*") if p.is_dir()) if Path(results_dir).is_dir() else []
         raise FileNotFoundError(f"no results for study '{study}' under {results_dir}; studies there: {have}")
-    return Results(*(load_table(results_dir, study, t) for t in TABLES))
+    return Results(*(load_table(results_dir, study, t) for t in PARQUET_TABLES))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from ray import tune
 
-from eeray.records import TABLES
+from eeray.records import RECORD_STREAMS
 from eeray.trial import TrialDiverged, run_trial
 
 STATE_FILE = "trial.pt"
@@ -24,7 +24,7 @@ REPORT_KEYS = ("step", "epoch", "phase", "train_loss", "train_error", "test_erro
 
 class TuneSink:
     def __init__(self) -> None:
-        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in RECORD_STREAMS}
         self.latest: dict[str, Any] = {}
 
     def emit(self, table: str, row: Mapping[str, Any]) -> None:
@@ -47,7 +47,7 @@ class TuneSink:
 
     def _metrics(self, chunk: str) -> dict[str, Any]:
         metrics = {**self.latest, "chunk": chunk, "rows": self.rows}
-        self.rows = {t: [] for t in TABLES}
+        self.rows = {t: [] for t in RECORD_STREAMS}
         return metrics
 
 

@@ -31,8 +31,8 @@ class TuneSink:
         self.rows[table].append(dict(row))
         if table == "steps":
             self.latest.update({k: row[k] for k in REPORT_KEYS if k in row})
-        elif table == "diagnostics" and "Q_T" in row:
-            self.latest["Q_T"] = row["Q_T"]
+        elif table == "diagnostics":  # the tracker puts q_t in every row (Tune's progress table calls it Q_T)
+            self.latest["Q_T"] = row["q_t"]
 
     def checkpoint(self, make_state: Callable[[], dict], *, step: int, epoch: int, reason: str) -> None:
         with tempfile.TemporaryDirectory() as d:

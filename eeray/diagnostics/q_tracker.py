@@ -101,7 +101,6 @@ class AlignmentTracker:
         check_inputs(x, y)
         self.options = resolve_options(options, changes)
         self.y, self.loss = y, loss
-        self.delta_m, self.probes, self.seed = self.options.delta_m, self.options.hutchinson_probes, self.options.seed
         self.budget = self.options.memory_budget_bytes
         batch_size = self.options.batch_size
         self.factory = backend_factory or (lambda model: LocalBackend(model, x, params, batch_size))
@@ -120,11 +119,11 @@ class AlignmentTracker:
         budget = self.budget - (self.gram_0.numel() * F64 if self.gram_0 is not None else 0)
         report, gram = report_from_backend(backend, self.y, self.loss,
                                            self.options.replace(method=method, memory_budget_bytes=budget),
-                                           keep_gram=self.delta_m)
+                                           keep_gram=self.options.delta_m)
         report.step = int(step)
         self.q.update(step, report.aligned, report.residual)
         report.extra.update(self.q.to_record())
-        if self.delta_m:
+        if self.options.delta_m:
             report.extra.update(self._delta(report, gram, model, first))
         if first:
             self.step_0 = int(step)
@@ -147,8 +146,8 @@ class AlignmentTracker:
         m_y = report.m_y
         op = delta_gram_operator(self.factory(model).products(m_y, self.budget),
                                  self.factory(self.model_0).products(m_y, self.budget))
-        fro_sq, stderr = hutchinson_frobenius_sq(op, probes=self.probes, seed=self.seed)
-        spec = spectral_norm(op, seed=self.seed)
+        fro_sq, stderr = hutchinson_frobenius_sq(op, probes=self.options.hutchinson_probes, seed=self.options.seed)
+        spec = spectral_norm(op, seed=self.options.seed)
         return {**out, "delta_m_fro_sq": fro_sq, "delta_m_spec_sq": spec ** 2, "delta_m_fro_sq_stderr": stderr}
 
     @property
@@ -165,7 +164,7 @@ class AlignmentTracker:
         """Restore Q_T's history; rebuild the ΔM reference from ``model_0`` (the model at ``step_0``)."""
         self.q = QTracker(list(state["steps"]), list(state["aligned"]), list(state["residuals"]))
         self.step_0 = state["step_0"]
-        if self.step_0 is None or not self.delta_m:
+        if self.step_0 is None or not self.options.delta_m:
             return
         if model_0 is None:
             raise DiagnosticsError("model_0", None, "resuming ΔM needs the model at the reference step")

@@ -246,7 +246,7 @@ def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- validation
 ARCHS = ("fcnet", "lenet", "preact_resnet18")
 OPTIMIZERS = ("sgd", "adam", "adamw", "lbfgs")
-LOSSES = ("auto", "bce", "ce", "mse")
+LOSSES = ("bce", "ce", "mse")  # the losses ℓ (eeray.losses); train.loss also takes "auto"
 
 
 def _choice(name: str, value: Any, options: tuple) -> None:
@@ -331,7 +331,7 @@ def validate(cfg: TrialConfig) -> None:
 
     _positive("train.epochs", t.epochs, integer=True, allow_zero=True)  # 0: evaluate and certify only
     _positive("train.batch_size", t.batch_size, integer=True)
-    _choice("train.loss", t.loss, LOSSES)
+    _choice("train.loss", t.loss, ("auto", *LOSSES))
     _positive("train.eval_every", t.eval_every, integer=True)
     _choice("train.eval_unit", t.eval_unit, ("epochs", "steps"))
     _choice("train.device", t.device, ("auto", "cpu", "cuda"))

@@ -1,10 +1,12 @@
 """What a trial emits, and where it goes: the one record schema shared by Parquet, MLflow and Tune.
 
-``run_trial`` hands rows to a :class:`Sink` — ``emit(table, row)`` — and offers checkpoints —
+``run_trial`` hands rows to a :class:`Sink` — ``emit(stream, row)`` — and offers checkpoints —
 ``checkpoint(make_state, step=, epoch=, reason=)``. A sink decides what to keep: :class:`MemorySink` keeps
-everything in lists (tests, notebooks); the Tune sink in ``eeray.study`` batches rows into ``tune.report``.
+everything in lists (tests, notebooks); the Tune sink in ``eeray.raytune.trainable`` batches rows into ``tune.report``.
 
-Tables (columns beyond the keys are listed in ``eeray.results``):
+Record streams (``RECORD_STREAMS``). The Parquet tables (``eeray.results.PARQUET_TABLES``) are another set:
+steps, diagnostics and safety rows are written as they are, the summary becomes the trial's one ``trials`` row
+(with its config), and events become MLflow tags. ``eeray.results`` lists the columns:
   steps        one row per evaluation point: step, epoch, phase, losses, errors, lr, norms, timings
   diagnostics  one row per alignment report (Q_T, residual, rank, spectrum summary, ‖ΔM‖, ...)
   safety       Assumption 4 at initialisation and Lemma 5 per head at θ^τ
@@ -16,8 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
-TABLES = ("steps", "diagnostics", "safety", "events", "summary")
-CHECKPOINT_REASONS = ("epoch", "pre_switch", "post_switch", "end")
+RECORD_STREAMS = ("steps", "diagnostics", "safety", "events", "summary")  # what emit(stream, row) takes
 
 
 class Sink(Protocol):
@@ -51,7 +52,7 @@ class MemorySink:
     for those, so a sink that keeps none costs nothing)."""
 
     keep_checkpoints: tuple[str, ...] = ()
-    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in TABLES})
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {t: [] for t in RECORD_STREAMS})
     checkpoints: list[KeptCheckpoint] = field(default_factory=list)
 
     def emit(self, table: str, row: Mapping[str, Any]) -> None:
@@ -70,5 +71,5 @@ class MemorySink:
 
 
 def _check_table(table: str) -> None:
-    if table not in TABLES:
-        raise ValueError(f"unknown record table {table!r}; valid: {TABLES}")
+    if table not in RECORD_STREAMS:
+        raise ValueError(f"unknown record stream {table!r}; valid: {RECORD_STREAMS}")

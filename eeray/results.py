@@ -30,9 +30,11 @@ import pyarrow.parquet as pq
 from eeray.config import TrialConfig
 
 SCHEMA_VERSION = 1
-TABLES = ("trials", "steps", "diagnostics", "safety")
+PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
 PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
               "safety": ("dataset", "kind")}
+ROW_ORDER = {"trials": ("trial_id",), "steps": ("trial_id", "step", "phase"),
+             "diagnostics": ("trial_id", "step", "phase"), "safety": ("trial_id", "step", "phase")}
 
 _F, _I, _S, _B = pa.float64(), pa.int64(), pa.string(), pa.bool_()
 _KEY = [("study", _S), ("trial_id", _S)]
@@ -187,14 +189,13 @@ class ResultsWriter:
     def write_trial(self, trial_id: str, row: Mapping[str, Any], dataset: str) -> Path:
         full = {"study": self.study, "trial_id": trial_id, **row}
         path = self.root / "trials" / f"dataset={dataset}" / f"{trial_id}.parquet"
-        return self._write(path, to_table("trials", [full]).drop_columns(["dataset"]))
+        return self._write(path, to_table("trials", [full]))
 
     def _write(self, path: Path, table: pa.Table) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        for name in PARTITIONS.get(table.schema.metadata[b"eeray_table"].decode(), ()):
-            if name in table.column_names:  # partition values live in the directory names
-                table = table.drop_columns([name])
+        # partition values live in the directory names; to_table gave the table every schema column
+        table = table.drop_columns(list(PARTITIONS[table.schema.metadata[b"eeray_table"].decode()]))
         pq.write_table(table, tmp)
         os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
         return path
@@ -219,8 +220,18 @@ def load_table(results_dir: str | os.PathLike, study: str, table: str):
     ds = pads.dataset(str(path), schema=sch, format="parquet", partitioning=parts,
                       exclude_invalid_files=True, ignore_prefixes=[".", "_"])
     df = ds.to_table().to_pandas()
-    order = [c for c in ("trial_id", "step", "phase") if c in df.columns]
-    return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
+    return df.sort_values(list(ROW_ORDER[table]), kind="stable").reset_index(drop=True)
+
+
+def columns(frame, names: Iterable[str]):
+    """``frame[names]``, where asking for a column the frame does not have is an error naming it and the valid
+    ones (a summary must not silently drop a field the schema has renamed or never had)."""
+    names = list(names)
+    missing = [c for c in names if c not in frame.columns]
+    if missing:
+        raise ValueError(f"no column(s) {missing} in this table; valid: {sorted(map(str, frame.columns))} "
+                       f"(the schema is in eeray.results, schema version {SCHEMA_VERSION})")
+    return frame[names]
 
 
 def load(results_dir: str | os.PathLike, study: str) -> Results:
@@ -228,4 +239,4 @@ def load(results_dir: str | os.PathLike, study: str) -> Results:
     if not (Path(results_dir) / study).is_dir():
         have = sorted(p.name for p in Path(results_dir).glob("*") if p.is_dir()) if Path(results_dir).is_dir() else []
         raise FileNotFoundError(f"no results for study '{study}' under {results_dir}; studies there: {have}")
-    return Results(*(load_table(results_dir, study, t) for t in TABLES))
+    return Results(*(load_table(results_dir, study, t) for t in PARQUET_TABLES))

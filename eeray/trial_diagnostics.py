@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,7 +18,24 @@ from eeray.config import ConfigError, TrialConfig
 from eeray.records import Sink
 from eeray.surgery import EEModel
 
+if TYPE_CHECKING:  # eeray.diagnostics is imported only when a trial runs diagnostics
+    from eeray.diagnostics import AlignmentOptions
+
 GB = 2**30
+
+
+def memory_budget_bytes(cfg: TrialConfig) -> int:
+    return int(cfg.diag.memory_budget_gb * GB)
+
+
+def alignment_options(cfg: TrialConfig) -> "AlignmentOptions":
+    """The trial's :class:`eeray.diagnostics.alignment.AlignmentOptions`, from ``cfg.diag`` (and the trial's
+    seed): the one place where the config's diagnostics fields become the report's options."""
+    from eeray.diagnostics import AlignmentOptions
+
+    g = cfg.diag
+    return AlignmentOptions(tol=g.tol_membership, memory_budget_bytes=memory_budget_bytes(cfg), method=g.method,
+                            delta_m=g.delta_m, certificate=g.certificate, seed=cfg.seed)
 
 
 @torch.no_grad()
@@ -46,7 +63,7 @@ class TrialDiagnostics:
                  total_steps: int, steps_per_epoch: int, sink: Sink):
         self.cfg, self.model, self.sink, self.loss = cfg, model, sink, loss
         g = cfg.diag
-        self.budget = int(g.memory_budget_gb * GB)
+        self.budget = memory_budget_bytes(cfg)
         self.x_all, self.seconds = x, 0.0
         self.tracker = self.schedule = None
         self.model_0_state: dict | None = None
@@ -68,16 +85,15 @@ class TrialDiagnostics:
 
             k = g.max_samples or x.shape[0]
             names = [n for n, _ in model.named_parameters()]  # J over all of θ, in both phases (eq 7)
-            options = dict(tol=g.tol_membership, memory_budget_bytes=self.budget, method=g.method,
-                           delta_m=g.delta_m, certificate=g.certificate, seed=cfg.seed)
+            options = alignment_options(cfg)
             if g.actors:  # a Ray actor pool over data shards; training goes on while a snapshot is evaluated
                 from eeray.raytune.diagnostics_pool import DiagnosticsPool
 
-                self.pool = DiagnosticsPool(model, x[:k], num_actors=g.actors, params=names,
-                                            tracker_options=dict(y=y[:k], loss=loss, **options))
+                self.pool = DiagnosticsPool(model, x[:k], num_actors=g.actors, params=names, y=y[:k], loss=loss,
+                                            options=options)
                 self.tracker = self.pool.tracker
             else:
-                self.tracker = AlignmentTracker(x[:k], y[:k], loss, params=names, **options)
+                self.tracker = AlignmentTracker(x[:k], y[:k], loss, options, params=names)
             self.schedule = evaluation_schedule(total_steps, unit=g.unit, every=g.every,
                                                 steps_per_epoch=steps_per_epoch)
             self._pending = list(self.schedule.steps)

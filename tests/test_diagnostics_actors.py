@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster only (docs/architecture.md, Environment notes)
 ray = pytest.importorskip("ray")
 
-from eeray.diagnostics import alignment_report  # noqa: E402
+from eeray.diagnostics import AlignmentOptions, alignment_report  # noqa: E402
 from eeray.diagnostics.errors import DiagnosticsError  # noqa: E402
 from eeray.diagnostics.gram import build_gram  # noqa: E402
 from eeray.diagnostics.jacobian import FunctionalModel  # noqa: E402
@@ -40,7 +40,8 @@ def cluster():
 def pool(cluster):
     from eeray.raytune.diagnostics_pool import DiagnosticsPool
     model, x, y = ee_setup()
-    p = DiagnosticsPool(model, x, num_actors=2, num_cpus=0.5, tracker_options=dict(y=y, loss="ce", method="dense"))
+    p = DiagnosticsPool(model, x, num_actors=2, num_cpus=0.5, y=y, loss="ce",
+                        options=AlignmentOptions(method="dense"))
     yield p, model, x, y
     p.shutdown()
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from eeray.diagnostics import alignment_report
+from eeray.diagnostics import AlignmentOptions, alignment_report
 from eeray.diagnostics.errors import DiagnosticsError
 from eeray.diagnostics.gram import build_gram
 from eeray.diagnostics.jacobian import FunctionalModel
@@ -196,3 +196,41 @@ def test_tracker_delta_m_against_explicit(method):
     else:  # Hutchinson: unbiased, with its own standard error (200 Rademacher probes, fixed seed)
         est, se = later.extra["delta_m_fro_sq"], later.extra["delta_m_fro_sq_stderr"]
         assert abs(est - fro_sq) <= 4 * se and se < 0.2 * fro_sq
+
+
+# ---------------------------------------------------------------------------- the options object
+def test_options_object_and_keyword_changes_give_the_same_report():
+    g = gen(3)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (7,), generator=g)
+    net = small_net(4, seed=2)
+    opts = AlignmentOptions(method="matrix_free", certificate=True, krylov_max_iter=50)
+    by_object = alignment_report(net, x, y, "ce", opts).to_record()
+    by_keywords = alignment_report(net, x, y, "ce", method="matrix_free", certificate=True,
+                                   krylov_max_iter=50).to_record()
+    timing = {k for k in by_object if "seconds" in k}
+    assert by_object["method"] == "matrix_free" and by_object["cert_eta"] == by_keywords["cert_eta"]
+    assert {k: v for k, v in by_object.items() if k not in timing} == \
+        pytest.approx({k: v for k, v in by_keywords.items() if k not in timing}, nan_ok=True)
+    assert opts.replace(method="dense").method == "dense" and opts.method == "matrix_free"  # frozen
+
+
+def test_options_fail_before_any_work_naming_the_field():
+    with pytest.raises(DiagnosticsError, match=r"method = 'fast' is invalid: must be one of \('auto', 'dense'"):
+        AlignmentOptions(method="fast")
+    with pytest.raises(DiagnosticsError, match=r"tol = 0 is invalid: must be > 0"):
+        alignment_report(small_net(2), torch.zeros(3, 4, dtype=torch.float64), torch.zeros(3, dtype=torch.long),
+                         "ce", tol=0)
+    with pytest.raises(DiagnosticsError, match=r"budget = 5 is invalid: is not an alignment option; valid: tol, "
+                                               r"memory_budget_bytes, method"):
+        AlignmentTracker(torch.zeros(3, 4), torch.zeros(3, dtype=torch.long), "ce", budget=5)
+
+
+def test_a_trials_options_come_from_its_diag_config():
+    from eeray.config import DiagConfig, TrialConfig
+    from eeray.trial_diagnostics import alignment_options
+
+    cfg = TrialConfig(diag=DiagConfig(tol_membership=1e-6, method="dense", memory_budget_gb=0.5, delta_m=False,
+                                      certificate=True), seed=7)
+    assert alignment_options(cfg) == AlignmentOptions(tol=1e-6, method="dense", memory_budget_bytes=2**29,
+                                                      delta_m=False, certificate=True, seed=7)

@@ -9,7 +9,7 @@ from eeray.diagnostics import MemoryBudgetError, NonFiniteOutputError, TargetEnc
 from eeray.diagnostics.errors import DiagnosticsError
 from eeray.diagnostics.gram import build_gram, plan_gram
 from eeray.diagnostics.jacobian import FunctionalModel, eval_mode
-from eeray.diagnostics.losses import modified_targets
+from eeray.losses import LossError, modified_targets
 from eeray.diagnostics.matrix_free import gram_operator, local_products
 from eeray.surgery import to_ee_model
 
@@ -148,15 +148,15 @@ def test_shape_mismatch_names_y():
     (torch.tensor([0, 1]), "hinge", 2, r"loss = 'hinge' is invalid: must be one of"),
 ], ids=["bce_label_2", "ce_label_out_of_range", "ce_float_labels", "bce_two_outputs", "mse_wrong_width", "bad_loss"])
 def test_target_encodings_that_do_not_fit_the_loss(y, loss, m_y, match):
-    with pytest.raises(DiagnosticsError, match=match):
-        modified_targets(y, loss, m_y)
+    with pytest.raises(LossError, match=match):
+        modified_targets(loss, y, m_y)
 
 
 def test_y_ell_encodings_exact():
-    assert modified_targets(torch.tensor([0, 1, 1]), "bce", 1).tolist() == [[-1.0], [1.0], [1.0]]
-    assert modified_targets(torch.tensor([2, 0]), "ce", 3).tolist() == [[-1.0, -1.0, 1.0], [1.0, -1.0, -1.0]]
-    assert modified_targets(torch.tensor([2, 0]), "mse", 3).tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
-    assert modified_targets(torch.tensor([0.5, -2.0]), "mse", 1).tolist() == [[0.5], [-2.0]]
+    assert modified_targets("bce", torch.tensor([0, 1, 1]), 1).tolist() == [[-1.0], [1.0], [1.0]]
+    assert modified_targets("ce", torch.tensor([2, 0]), 3).tolist() == [[-1.0, -1.0, 1.0], [1.0, -1.0, -1.0]]
+    assert modified_targets("mse", torch.tensor([2, 0]), 3).tolist() == [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+    assert modified_targets("mse", torch.tensor([0.5, -2.0]), 1).tolist() == [[0.5], [-2.0]]
 
 
 def test_nan_outputs_raise():

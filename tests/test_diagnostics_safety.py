@@ -127,7 +127,6 @@ def test_lemma6_linear_form_and_lemma5_gram_match_explicit_construction():
         torch.testing.assert_close(torch.tril(gram), torch.tril(ref), rtol=1e-12, atol=1e-12)
     report = lemma5_report(model, x)
     assert report.all_full_rank and [h.second_rank for h in report.heads] == [6, 6]
-    assert report.to_record()["lemma5_all_certified"] is True
 
 
 def test_lemma5_fails_on_duplicate_samples_and_assumption4_runs_on_ee_model():
@@ -138,7 +137,6 @@ def test_lemma5_fails_on_duplicate_samples_and_assumption4_runs_on_ee_model():
     assert not report.all_full_rank and [h.second_rank for h in report.heads] == [5, 5]
     a4 = assumption4_report(model, x, seed=0)
     assert (a4.n, a4.m_H, a4.m_H_minus_1) == (6, 3, 6) and a4.gram.certified and a4.gram.agree
-    assert a4.to_record()["a4_certified"] is True
 
 
 def test_assumption4_on_ee_model_checks_width_before_any_forward():

@@ -18,7 +18,7 @@ long as the fill is the normalised value of black, −mean/std per channel — w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -179,12 +179,3 @@ def affine_nearest(x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor,
 def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """v2.RandomHorizontalFlip with the per-sample decision ``flip`` (B,) bool."""
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-
-
-def describe(aug: PaperAugmentation | None) -> dict[str, Any] | None:
-    """A loggable summary (config-like) of an augmentation."""
-    if aug is None:
-        return None
-    return {"name": aug.name, "crop": f"RandomCrop({aug.size}, padding={aug.padding})",
-            "affine": None if aug.degrees is None else f"RandomAffine({aug.degrees:g}, scale={aug.scale})",
-            "hflip": aug.hflip, "fill": list(aug.fill)}

@@ -8,10 +8,11 @@ continuous quantities are logged so Q_T can be recomputed at any tolerance from 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -22,12 +23,58 @@ from eeray.diagnostics.errors import DiagnosticsError, MemoryBudgetError
 from eeray.diagnostics.gram import dense_bytes
 from eeray.diagnostics.jacobian import check_inputs, vec_sample_major
 from eeray.diagnostics.local import LocalBackend
-from eeray.diagnostics.losses import check_loss, modified_targets, targets
 from eeray.diagnostics.matrix_free import extreme_eigenvalues, gram_operator, krylov_residual
 from eeray.diagnostics.spectral import KAPPAS, augmented_rank, decide, pinv_quadratic
+from eeray.losses import check_loss, modified_targets, targets
 
 METHODS = ("auto", "dense", "matrix_free")
 DEFAULT_BUDGET = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class AlignmentOptions:
+    """How an alignment report is computed: the one place for these defaults. :func:`alignment_report`,
+    :class:`eeray.diagnostics.q_tracker.AlignmentTracker` and the actor pool take one of these (or keyword
+    changes to the defaults, e.g. ``method="dense"``); a trial builds its own from ``DiagConfig``
+    (:func:`eeray.trial_diagnostics.alignment_options`). Invalid values fail here, before any work."""
+    tol: float = 1e-8  # aligned ⟺ ρ ≤ tol
+    memory_budget_bytes: int = DEFAULT_BUDGET  # for M, its eigendecomposition and the Jacobian chunks
+    method: str = "auto"  # auto (dense when 7·N²·8 bytes and the chunking fit the budget) | dense | matrix_free
+    certificate: bool = False  # also the Theorem-3 certificate (docs/paper-choices.md, D6)
+    linear_params: tuple[str, ...] | None = None  # S of the certificate (None: default_linear_params(model))
+    batch_size: int = 256  # samples per batched forward / jvp / vjp in-process (an actor pool has its own)
+    krylov_max_iter: int = 1000  # LSQR/LSMR iteration cap (matrix-free)
+    # matrix-free only: Lanczos estimate of λ_min (up to ~600 extra M·v products; off: λ_min is NaN). Dense mode
+    # always has the exact λ_min.
+    estimate_lambda_min: bool = False
+    seed: int = 0  # the NTK check's probe, Lanczos and Hutchinson starts
+    delta_m: bool = True  # tracker only: ‖M_T − M_0‖_F² and ‖·‖₂² against the first evaluated snapshot
+    hutchinson_probes: int = 16  # tracker only, matrix-free ΔM
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise DiagnosticsError("method", self.method, f"must be one of {METHODS}")
+        if not (self.tol > 0):
+            raise DiagnosticsError("tol", self.tol, "must be > 0 (e.g. 1e-8)")
+        for name in ("batch_size", "krylov_max_iter", "hutchinson_probes"):  # a too small budget: MemoryBudgetError
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise DiagnosticsError(name, value, "must be an integer >= 1")
+        if self.linear_params is not None:  # a list from the caller; a tuple keeps the options hashable
+            object.__setattr__(self, "linear_params", tuple(self.linear_params))
+
+    def replace(self, **changes: Any) -> "AlignmentOptions":
+        """A copy with ``changes``; a name that is not an option is an error listing the valid ones."""
+        valid = [f.name for f in dataclasses.fields(self)]
+        for name, value in changes.items():
+            if name not in valid:
+                raise DiagnosticsError(name, value, f"is not an alignment option; valid: {', '.join(valid)}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def resolve_options(options: AlignmentOptions | None, changes: dict[str, Any]) -> AlignmentOptions:
+    """``options`` (default: the defaults) with keyword ``changes`` applied."""
+    return (options or AlignmentOptions()).replace(**changes)
 
 
 @dataclass
@@ -75,63 +122,50 @@ class AlignmentReport:
         return rec
 
 
-def alignment_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, *,
-                     params: Sequence[str] | None = None, tol: float = 1e-8,
-                     memory_budget_bytes: int = DEFAULT_BUDGET, method: str = "auto", certificate: bool = False,
-                     linear_params: Sequence[str] | None = None, batch_size: int = 256,
-                     krylov_max_iter: int = 1000, estimate_lambda_min: bool = False,
-                     seed: int = 0) -> AlignmentReport:
+def alignment_report(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
+                     options: AlignmentOptions | None = None, *, params: Sequence[str] | None = None,
+                     **changes: Any) -> AlignmentReport:
     """Alignment report of ``model`` at its current parameters on (x, y).
 
     Args:
       model: an EE model or any ``nn.Module`` (B, ...) -> (B, m_y); evaluated in eval mode (restored after).
       x: (n, ...) inputs on the model's device. y: (n,) int64 labels (or float targets for "mse").
-      loss: "bce" | "ce" | "mse" (see :mod:`eeray.diagnostics.losses` for Y_ℓ).
+      loss: "bce" | "ce" | "mse" (see :mod:`eeray.losses` for Y_ℓ).
+      options: :class:`AlignmentOptions` (default: its defaults); ``changes`` (e.g. ``method="dense"``) replace
+        fields of it.
       params: parameter names of the Jacobian (default: all trainable parameters).
-      tol: aligned ⟺ ρ ≤ tol. memory_budget_bytes: for M, its eigendecomposition and the Jacobian chunks.
-      method: "auto" (dense when 7·N²·8 bytes and the chunking fit the budget) | "dense" | "matrix_free".
-      certificate: also compute the Theorem-3 certificate (docs/paper-choices.md (D6)) with S = ``linear_params``
-        (default :func:`default_linear_params`).
-      batch_size: samples per batched forward / jvp / vjp. krylov_max_iter: LSQR/LSMR iteration cap.
-      estimate_lambda_min: matrix-free only: Lanczos estimate of λ_min (up to ~600 extra M·v products; off by
-        default, λ_min is then NaN). Dense mode always has the exact λ_min.
     Returns:
       :class:`AlignmentReport`.
     """
+    opts = resolve_options(options, changes)
     check_inputs(x, y)
-    backend = LocalBackend(model, x, params, batch_size)
-    return report_from_backend(backend, y, loss, tol=tol, memory_budget_bytes=memory_budget_bytes, method=method,
-                               certificate=certificate, linear_params=linear_params,
-                               krylov_max_iter=krylov_max_iter, estimate_lambda_min=estimate_lambda_min, seed=seed)[0]
+    backend = LocalBackend(model, x, params, opts.batch_size)
+    return report_from_backend(backend, y, loss, opts)[0]
 
 
-def report_from_backend(backend, y: torch.Tensor, loss: str, *, tol: float, memory_budget_bytes: int, method: str,
-                        certificate: bool, linear_params: Sequence[str] | None, krylov_max_iter: int, seed: int,
-                        estimate_lambda_min: bool = False,
+def report_from_backend(backend, y: torch.Tensor, loss: str, options: AlignmentOptions, *,
                         keep_gram: bool = False) -> tuple[AlignmentReport, torch.Tensor | None]:
     """The report for any backend (local or the actor pool); also returns M when ``keep_gram`` (dense)."""
     check_loss(loss)
-    if method not in METHODS:
-        raise DiagnosticsError("method", method, f"must be one of {METHODS}")
-    if not (tol > 0):
-        raise DiagnosticsError("tol", tol, "must be > 0 (e.g. 1e-8)")
+    tol, memory_budget_bytes, method, certificate = (options.tol, options.memory_budget_bytes, options.method,
+                                                     options.certificate)
     t0 = _now(backend.device)
     out = backend.outputs()  # (n, m_y); raises on NaN/inf
     n, m_y = out.shape
-    y_l = modified_targets(y.cpu(), loss, m_y).to(backend.device)  # (n, m_y) float64
+    y_l = modified_targets(loss, y.cpu(), m_y).to(backend.device)  # (n, m_y) float64
     v = vec_sample_major(y_l)  # (N,)
     chosen = _choose(backend, m_y, memory_budget_bytes, method)
-    nu = backend.nu(list(linear_params or default_linear_params(backend.model))) if certificate else None
+    nu = backend.nu(list(options.linear_params or default_linear_params(backend.model))) if certificate else None
     j_nu = backend.jvp_vector(nu, m_y) if nu is not None else None  # (N,) Jν
     common = dict(loss=loss, n=n, m_y=m_y, N=n * m_y, d=backend.d, tol=tol, memory_budget_bytes=memory_budget_bytes)
     if chosen == "dense":
-        rep, gram, quad = _dense(backend, v, m_y, memory_budget_bytes, j_nu, common, keep_gram, seed)
+        rep, gram, quad = _dense(backend, v, m_y, memory_budget_bytes, j_nu, common, keep_gram, options.seed)
     else:
-        rep, quad = _matrix_free(backend, v, m_y, memory_budget_bytes, nu, common, krylov_max_iter, seed,
-                                 estimate_lambda_min)
+        rep, quad = _matrix_free(backend, v, m_y, memory_budget_bytes, nu, common, options.krylov_max_iter,
+                                 options.seed, options.estimate_lambda_min)
         gram = None
     if certificate:
-        big_y = targets(y.cpu(), loss, m_y).to(backend.device)
+        big_y = targets(loss, y.cpu(), m_y).to(backend.device)
         loss_now, grad_norm = backend.loss_and_grad_norm(big_y, loss)
         f = vec_sample_major(out.to(torch.float64))
         a1 = float(torch.linalg.vector_norm(j_nu - f) / torch.linalg.vector_norm(f).clamp_min(1e-300))

@@ -17,7 +17,7 @@ from scipy.optimize import minimize_scalar
 from torch import nn
 
 from eeray.diagnostics.jacobian import FunctionalModel, eval_mode
-from eeray.diagnostics.losses import loss_value, optimal_loss
+from eeray.losses import loss_value, optimal_loss
 
 
 @dataclass
@@ -66,7 +66,7 @@ def loss_and_grad(fm: FunctionalModel, x: torch.Tensor, big_y: torch.Tensor, los
         for i in range(0, n, batch_size):
             p = {k: t.detach().clone().requires_grad_(True) for k, t in fm.theta().items()}
             out = fm._call({**base, **p}, x[i:i + batch_size]).to(torch.float64)
-            part = loss_value(out, big_y[i:i + batch_size], loss) * (out.shape[0] / n)
+            part = loss_value(loss, out, big_y[i:i + batch_size]) * (out.shape[0] / n)
             g = torch.autograd.grad(part, [p[k] for k in fm.names])
             grads += torch.cat([t.reshape(-1).to(torch.float64) for t in g])
             total += float(part.detach())
@@ -87,12 +87,12 @@ def certify(nu_sq: float, cross: float, quad: float, loss: str, m_y: int, y_sq_n
         return math.sqrt(max(nu_sq - 2 * eta * cross + eta * eta * quad, 0.0))
 
     def bound(eta: float) -> float:
-        return optimal_loss(eta, loss, m_y, y_sq_norm_per_sample) + distance(eta) * grad_norm
+        return optimal_loss(loss, eta, m_y, y_sq_norm_per_sample) + distance(eta) * grad_norm
 
     if loss == "mse":
         eta = 1.0
     else:  # the bound is L*(η) (decreasing) + a convex term: one bounded 1-D minimisation, plus η = 0 checked
         eta = float(minimize_scalar(bound, bounds=(0.0, 60.0), method="bounded", options={"xatol": 1e-6}).x)
         eta = 0.0 if bound(0.0) < bound(eta) else eta
-    return Certificate(eta, bound(eta), loss_now, optimal_loss(eta, loss, m_y, y_sq_norm_per_sample), distance(eta),
+    return Certificate(eta, bound(eta), loss_now, optimal_loss(loss, eta, m_y, y_sq_norm_per_sample), distance(eta),
                        grad_norm, valid, assumption1_residual)

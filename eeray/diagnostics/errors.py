@@ -1,5 +1,7 @@
 """Errors raised by :mod:`eeray.diagnostics`. All are ``ValueError`` subclasses that name the argument, the
-value that was given and what would be valid, so a bad call fails before any expensive work starts."""
+value that was given and what would be valid, so a bad call fails before any expensive work starts. A loss name
+or labels that do not fit the loss raise :class:`eeray.losses.LossError` (also a ``ValueError``, with the same
+fields): the loss conventions live in :mod:`eeray.losses`, shared with training."""
 from __future__ import annotations
 
 from typing import Any
@@ -14,10 +16,6 @@ class DiagnosticsError(ValueError):
 
     def __reduce__(self):  # picklable and copyable (Ray and Tune copy exceptions across processes)
         return _rebuild, (type(self), self.__dict__, self.args)
-
-
-class TargetEncodingError(DiagnosticsError):
-    """The labels / targets do not fit the loss (e.g. label 3 for 'bce', or an (n, 2) Y for m_y = 1)."""
 
 
 class NonFiniteOutputError(DiagnosticsError):

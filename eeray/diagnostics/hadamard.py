@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -41,9 +41,6 @@ class GramRankReport:
     seconds_second: float
     peak_bytes_estimate: int
     note: str = ""
-
-    def to_record(self, prefix: str) -> dict:
-        return {f"{prefix}_{k}": v for k, v in asdict(self).items()}
 
 
 def gram_rows_block(n: int, budget: int, fixed: int) -> int:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from eeray.diagnostics.alignment import DEFAULT_BUDGET, AlignmentReport, report_from_backend
+from eeray.diagnostics.alignment import AlignmentOptions, AlignmentReport, report_from_backend, resolve_options
 from eeray.diagnostics.errors import DiagnosticsError
 from eeray.diagnostics.gram import F64
 from eeray.diagnostics.jacobian import check_inputs
@@ -88,23 +88,21 @@ class QTracker:
 class AlignmentTracker:
     """Alignment reports on a schedule, with Q_T and ΔM relative to the first evaluated snapshot θ_0.
 
-    Args: as :func:`alignment_report`, plus ``delta_m`` (‖M_T − M_0‖_F² and ‖·‖₂²: exact in dense mode, which
-      stores M_0 (N²·8 bytes, taken from the budget); Hutchinson with ``hutchinson_probes`` probes and
-      Lanczos in matrix-free mode, which keeps a copy of the θ_0 model) and ``backend_factory(model)`` (default:
-      in-process; :class:`eeray.raytune.diagnostics_pool.DiagnosticsPool` supplies its own).
+    Args: as :func:`alignment_report` (``options`` and keyword ``changes`` to it); the options' ``delta_m``
+      asks for ‖M_T − M_0‖_F² and ‖·‖₂² (exact in dense mode, which stores M_0 (N²·8 bytes, taken from the
+      budget); Hutchinson with ``hutchinson_probes`` probes and Lanczos in matrix-free mode, which keeps a copy
+      of the θ_0 model). ``backend_factory(model)``: default in-process;
+      :class:`eeray.raytune.diagnostics_pool.DiagnosticsPool` supplies its own.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, loss: str, *, params: Sequence[str] | None = None,
-                 tol: float = 1e-8, memory_budget_bytes: int = DEFAULT_BUDGET, method: str = "auto",
-                 delta_m: bool = True, certificate: bool = False, linear_params: Sequence[str] | None = None,
-                 batch_size: int = 256, krylov_max_iter: int = 1000, estimate_lambda_min: bool = False,
-                 hutchinson_probes: int = 16, seed: int = 0,
-                 backend_factory: Callable[[nn.Module], object] | None = None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, loss: str, options: AlignmentOptions | None = None, *,
+                 params: Sequence[str] | None = None, backend_factory: Callable[[nn.Module], object] | None = None,
+                 **changes: Any):
         check_inputs(x, y)
-        self.y, self.loss, self.delta_m, self.probes, self.seed = y, loss, delta_m, hutchinson_probes, seed
-        self.options = dict(tol=tol, method=method, certificate=certificate, linear_params=linear_params,
-                            krylov_max_iter=krylov_max_iter, estimate_lambda_min=estimate_lambda_min, seed=seed)
-        self.budget = memory_budget_bytes
+        self.options = resolve_options(options, changes)
+        self.y, self.loss = y, loss
+        self.budget = self.options.memory_budget_bytes
+        batch_size = self.options.batch_size
         self.factory = backend_factory or (lambda model: LocalBackend(model, x, params, batch_size))
         self.q = QTracker()
         self.gram_0: torch.Tensor | None = None
@@ -115,16 +113,17 @@ class AlignmentTracker:
         """Report at ``step``; ``extra`` holds q_t, q_evaluations and (with delta_m) the ΔM norms."""
         backend = self.factory(model)
         first = self.step_0 is None
-        method = self.options["method"]
+        method = self.options.method
         if not first and method == "auto":  # keep θ_0's method, so M_0 or the θ_0 model exists for ΔM
             method = "dense" if self.gram_0 is not None else "matrix_free"
         budget = self.budget - (self.gram_0.numel() * F64 if self.gram_0 is not None else 0)
-        report, gram = report_from_backend(backend, self.y, self.loss, memory_budget_bytes=budget,
-                                           keep_gram=self.delta_m, **{**self.options, "method": method})
+        report, gram = report_from_backend(backend, self.y, self.loss,
+                                           self.options.replace(method=method, memory_budget_bytes=budget),
+                                           keep_gram=self.options.delta_m)
         report.step = int(step)
         self.q.update(step, report.aligned, report.residual)
         report.extra.update(self.q.to_record())
-        if self.delta_m:
+        if self.options.delta_m:
             report.extra.update(self._delta(report, gram, model, first))
         if first:
             self.step_0 = int(step)
@@ -147,8 +146,8 @@ class AlignmentTracker:
         m_y = report.m_y
         op = delta_gram_operator(self.factory(model).products(m_y, self.budget),
                                  self.factory(self.model_0).products(m_y, self.budget))
-        fro_sq, stderr = hutchinson_frobenius_sq(op, probes=self.probes, seed=self.seed)
-        spec = spectral_norm(op, seed=self.seed)
+        fro_sq, stderr = hutchinson_frobenius_sq(op, probes=self.options.hutchinson_probes, seed=self.options.seed)
+        spec = spectral_norm(op, seed=self.options.seed)
         return {**out, "delta_m_fro_sq": fro_sq, "delta_m_spec_sq": spec ** 2, "delta_m_fro_sq_stderr": stderr}
 
     @property
@@ -165,12 +164,11 @@ class AlignmentTracker:
         """Restore Q_T's history; rebuild the ΔM reference from ``model_0`` (the model at ``step_0``)."""
         self.q = QTracker(list(state["steps"]), list(state["aligned"]), list(state["residuals"]))
         self.step_0 = state["step_0"]
-        if self.step_0 is None or not self.delta_m:
+        if self.step_0 is None or not self.options.delta_m:
             return
         if model_0 is None:
             raise DiagnosticsError("model_0", None, "resuming ΔM needs the model at the reference step")
-        report, gram = report_from_backend(self.factory(model_0), self.y, self.loss, memory_budget_bytes=self.budget,
-                                           keep_gram=True, **self.options)
+        report, gram = report_from_backend(self.factory(model_0), self.y, self.loss, self.options, keep_gram=True)
         if report.method == "dense":
             self.gram_0 = gram
         else:

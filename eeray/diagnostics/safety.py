@@ -17,7 +17,7 @@ from torch import nn
 from eeray.diagnostics.errors import DiagnosticsError, SafeExplorationError
 from eeray.diagnostics.hadamard import GramRankReport, gram_certificate
 from eeray.diagnostics.jacobian import check_finite, eval_mode
-from eeray.diagnostics.losses import LIPSCHITZ, check_loss
+from eeray.losses import LIPSCHITZ, check_loss
 
 
 def minimum_m_H(n: int, m_H_minus_1: int) -> int:
@@ -53,10 +53,6 @@ class Assumption4Report:
     m_H_minus_1: int
     seed: int
     gram: GramRankReport
-
-    def to_record(self) -> dict:
-        return {"a4_n": self.n, "a4_m_H": self.m_H, "a4_m_H_minus_1": self.m_H_minus_1, "a4_seed": self.seed,
-                **self.gram.to_record("a4")}
 
 
 def assumption4_report(model: nn.Module, x: torch.Tensor, *, m_H: int | None = None, seed: int = 0,
@@ -110,13 +106,6 @@ class Lemma5Report:
     @property
     def all_full_rank(self) -> bool:
         return all(h.certified for h in self.heads)
-
-    def to_record(self) -> dict:
-        rec = {"lemma5_all_certified": self.all_full_rank, "lemma5_heads": len(self.heads),
-               "lemma5_min_second_rank": min(h.second_rank for h in self.heads)}
-        for j, h in enumerate(self.heads):
-            rec.update(h.to_record(f"lemma5_h{j}"))
-        return rec
 
 
 def lemma5_report(model: nn.Module, x: torch.Tensor, *, memory_budget_bytes: int | None = None,

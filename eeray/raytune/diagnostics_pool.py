@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import ray
@@ -28,7 +28,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import nn
 
 from eeray.diagnostics import safety
-from eeray.diagnostics.alignment import AlignmentReport, report_from_backend
+from eeray.diagnostics.alignment import AlignmentOptions, AlignmentReport, report_from_backend, resolve_options
 from eeray.diagnostics.errors import DiagnosticsError, MemoryBudgetError
 from eeray.diagnostics.gram import plan_gram
 from eeray.diagnostics.hadamard import GramRankReport, gram_certificate
@@ -49,12 +49,14 @@ class DiagnosticsPool:
       params / batch_size: as :func:`alignment_report`.
       num_cpus / num_gpus: per actor, outside a placement group (inside a Tune trial the bundles decide).
       device: the actors' device ("cuda" when they have a GPU); driver_device: eigh/Cholesky device.
-      tracker_options: AlignmentTracker options for :meth:`submit` (y, loss, tol, method, ...).
+      y / loss / options: the targets, loss and :class:`AlignmentOptions` of the tracker behind :meth:`submit`
+        (no tracker without ``y`` and ``loss``).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, num_actors: int = 2, params: Sequence[str] | None = None,
                  batch_size: int = 256, num_cpus: float = 1, num_gpus: float = 0, device: str | None = None,
-                 driver_device: str | None = None, tracker_options: dict | None = None):
+                 driver_device: str | None = None, y: torch.Tensor | None = None, loss: str | None = None,
+                 options: AlignmentOptions | None = None):
         if num_actors < 1:
             raise DiagnosticsError("num_actors", num_actors, "must be >= 1")
         if not ray.is_initialized():
@@ -75,9 +77,8 @@ class DiagnosticsPool:
         self._ids = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=1)
         self._pending: list[tuple[int, Future]] = []
-        opts = dict(tracker_options or {})
-        self._tracker = AlignmentTracker(x, opts.pop("y"), opts.pop("loss"), backend_factory=self.backend,
-                                         params=params, batch_size=batch_size, **opts) if opts else None
+        self._tracker = None if y is None or loss is None else AlignmentTracker(
+            x, y, loss, options, params=params, backend_factory=self.backend)
 
     # ------------------------------------------------------------------ snapshots
     def backend(self, model: nn.Module) -> "PoolBackend":
@@ -89,11 +90,10 @@ class DiagnosticsPool:
 
     # ------------------------------------------------------------------ the local functions' signatures
     def alignment_report(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
-                         **options) -> AlignmentReport:
+                         options: AlignmentOptions | None = None, **changes: Any) -> AlignmentReport:
+        opts = resolve_options(options, changes)
         self._check_same_data(x)
-        defaults = dict(tol=1e-8, memory_budget_bytes=2 * 2**30, method="auto", certificate=False,
-                        linear_params=None, krylov_max_iter=1000, estimate_lambda_min=False, seed=0)
-        return report_from_backend(self.backend(model), y, loss, **{**defaults, **options})[0]
+        return report_from_backend(self.backend(model), y, loss, opts)[0]
 
     def build_gram(self, model: nn.Module, x: torch.Tensor, m_y: int, budget: int) -> torch.Tensor:
         self._check_same_data(x)
@@ -134,8 +134,8 @@ class DiagnosticsPool:
         """Snapshot ``model`` now (a CPU copy; training may go on) and evaluate it in the background with the
         pool's :class:`AlignmentTracker` (Q_T, ΔM). Results come back from :meth:`poll` attached to ``step``."""
         if self._tracker is None:
-            raise DiagnosticsError("tracker_options", None,
-                                   "pass tracker_options=dict(y=..., loss=..., ...) to use submit()")
+            raise DiagnosticsError("y", None, "pass y=..., loss=... (and options=AlignmentOptions(...)) to the pool "
+                                   "to use submit()")
         snapshot = copy.deepcopy(model).cpu()
         future = self._executor.submit(self._tracker.evaluate, snapshot, step)
         self._pending.append((step, future))

@@ -24,7 +24,7 @@ import torch
 from ray import tune
 
 from eeray.config import to_flat
-from eeray.records import TABLES
+from eeray.records import RECORD_STREAMS
 from eeray.trial import run_trial
 
 STATE_FILE = "trial.pt"
@@ -33,7 +33,7 @@ REPORT_KEYS = ("step", "epoch", "phase", "train_loss", "train_error", "test_erro
 
 class TuneSink:
     def __init__(self, config_flat: dict[str, Any]) -> None:
-        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+        self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in RECORD_STREAMS}
         self.latest: dict[str, Any] = {}
         self.config_flat = config_flat
 
@@ -41,8 +41,8 @@ class TuneSink:
         self.rows[table].append(dict(row))
         if table == "steps":
             self.latest.update({k: row[k] for k in REPORT_KEYS if k in row})
-        elif table == "diagnostics" and "Q_T" in row:
-            self.latest["Q_T"] = row["Q_T"]
+        elif table == "diagnostics":  # the tracker puts q_t in every row (Tune's progress table calls it Q_T)
+            self.latest["Q_T"] = row["q_t"]
 
     def checkpoint(self, make_state: Callable[[], dict], *, step: int, epoch: int, reason: str) -> None:
         with tempfile.TemporaryDirectory() as d:
@@ -57,7 +57,7 @@ class TuneSink:
 
     def _metrics(self, chunk: str) -> dict[str, Any]:
         metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat}
-        self.rows = {t: [] for t in TABLES}
+        self.rows = {t: [] for t in RECORD_STREAMS}
         return metrics
 
 

@@ -45,7 +45,10 @@ _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 PHASE_RANK = {"explore": 0, "exploit": 1}  # at one step, the earlier phase's row is mirrored
 # what is worth a curve in the MLflow UI (prefixed diag_); Parquet keeps every column
 DIAG_METRICS = ("q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
-                "energy_1e-08", "cert_bound", "seconds_total")
+                "energy_1e-08", "cert_bound")
+# wall-clock timings are not a function of the run (a resumed trial re-measures the chunk it re-emits), so a
+# mirrored point could not stay equal to its Parquet row: they stay in Parquet (and in the trials summary)
+UNMIRRORED_STEP_COLUMNS = ("explore_seconds", "exploit_seconds", "eval_seconds")
 STATUS_TO_MLFLOW = {"completed": "FINISHED", "failed": "FAILED", "stopped": "KILLED", "interrupted": "KILLED"}
 
 Point = tuple[str, int, float]  # (metric key, step, value)
@@ -70,8 +73,9 @@ def _number(v: Any) -> float | None:
 
 
 def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapping[str, Any]]) -> list[Point]:
-    """The points a trial's rows mirror to: every numeric column of ``steps``, and ``DIAG_METRICS`` of
-    ``diagnostics`` as ``diag_<name>``; one point per (key, step), the earlier phase's row winning."""
+    """The points a trial's rows mirror to: every numeric column of ``steps`` but the wall-clock timings, and
+    ``DIAG_METRICS`` of ``diagnostics`` as ``diag_<name>``; one point per (key, step), the earlier phase's row
+    winning."""
     out: dict[tuple[str, int], float] = {}
 
     def add(rows, keys, prefix):
@@ -81,7 +85,7 @@ def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapp
                 if value is not None:
                     out.setdefault((prefix + k, int(row["step"])), value)
 
-    add(list(steps), lambda r: [k for k in r if k != "step"], "")
+    add(list(steps), lambda r: [k for k in r if k != "step" and k not in UNMIRRORED_STEP_COLUMNS], "")
     add(list(diagnostics), lambda r: DIAG_METRICS, "diag_")
     return [(k, s, v) for (k, s), v in out.items()]
 

@@ -265,7 +265,9 @@ def test_ctrl_c_exits_130_closes_every_run_and_prints_eerays_resume_command(refe
     stdout, stderr = proc.communicate(timeout=300)
     _end_group(proc)
     assert proc.returncode == 130, (stdout[-3000:], stderr[-3000:])
-    assert "never ran" in stdout and "Continue with:" in stdout and "--resume" in stdout
+    counts = next(l for l in stdout.splitlines() if l.startswith("integrity: 2 trials ("))
+    assert "interrupted, " in counts and "never ran)" in counts, stdout[-3000:]
+    assert "Continue with:" in stdout and "--max-concurrent 1 --resume" in stdout, stdout[-3000:]
     assert "Tuner.restore" not in stdout + stderr
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("integrity").experiment_id])

@@ -341,7 +341,7 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
         counts = [f"{(trials.status == s).sum()} {s}" for s in ("completed", "failed")]
         if (trials.status == "stopped").any():
             counts.append(f"{(trials.status == 'stopped').sum()} stopped early")
-        if unfinished:
+        if unfinished:  # both counts, zeros included: what a resume will continue and what it will start
             counts += [f"{interrupted} interrupted", f"{unfinished - interrupted} never ran"]
         total = len(trials) + unfinished
         print(f"\n{study.name}: {total} trials ({', '.join(counts)}) in {wall:.0f} s on {cluster}")

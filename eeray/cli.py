@@ -39,9 +39,27 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="a running Ray cluster "
                    "(default: start a local Ray)")
     p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
+    p.add_argument("--present-datasets-only", action="store_true", help="run only the study's datasets whose "
+                   "files are present, and say which were skipped (default: an absent dataset is an error)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
     return p.parse_args(argv)
+
+
+def _data_options(args: argparse.Namespace) -> None:
+    """--data-root (or $EERAY_DATA_ROOT) must be a directory; --present-datasets-only reaches the studies'
+    dataset selection (eeray.data.select_datasets) through the environment, like the data root."""
+    from eeray.data import PRESENT_ONLY_ENV  # noqa: PLC0415 -- torch, but no Ray
+
+    root, source = (args.data_root, "--data-root") if args.data_root else (os.environ.get("EERAY_DATA_ROOT"),
+                                                                          "EERAY_DATA_ROOT")
+    if root and not os.path.isdir(os.path.expanduser(root)):
+        raise ConfigError(source, root, "the data root must be an existing directory (the one holding MNIST/raw, "
+                          "cifar-10-batches-py, ...; see README 'Real datasets')")
+    if args.data_root:
+        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(os.path.expanduser(args.data_root))
+    if args.present_datasets_only:
+        os.environ[PRESENT_ONLY_ENV] = "1"
 
 
 def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
@@ -49,8 +67,11 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
     doc = sys.modules[build.__module__].__doc__ if build.__module__ in sys.modules else None
     args = parse_args(argv, doc, (*PROFILES, *extra_profiles))
-    if args.data_root:
-        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
+    try:
+        _data_options(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.smoke:
         profile, why = "smoke", "--smoke"
     elif args.profile:
@@ -59,15 +80,19 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         profile, why = default_profile()
         why = f"automatic: {why}; --profile to choose"
     print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
-    study = build(profile)
-    study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
+    from eeray.data.real import CorruptDatasetError  # noqa: PLC0415 -- torch, but no Ray
+
     try:
+        study = build(profile)  # may refuse: datasets absent (eeray.data.select_datasets)
+        study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
         specs = validate_study(study, cluster=bool(args.address))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, CorruptDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"study '{study.name}': {len(specs)} grid points × {study.samples_per_point} sample(s); resources per "
           f"trial {study.resources.bundles()}", flush=True)
+    for name, why in study.skipped_datasets.items():
+        print(f"  skipped dataset {name} (--present-datasets-only): {why}", flush=True)
     if args.validate_only:
         return 0
     from eeray.raytune.tuner import run_study

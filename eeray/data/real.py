@@ -175,7 +175,8 @@ def _read_idx(path: Path, name: str, d: Path, ndim: int) -> np.ndarray:
     dims = np.frombuffer(raw, ">i4", ndim, 4).astype(np.int64)
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise _corrupt(name, path, f"header says {tuple(dims)} = {int(np.prod(dims))} bytes, found {body.size}", d)
+        shape = tuple(int(v) for v in dims)
+        raise _corrupt(name, path, f"header says {shape} = {int(np.prod(dims))} bytes, found {body.size}", d)
     return body.reshape(tuple(dims))
 
 

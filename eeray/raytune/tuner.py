@@ -174,6 +174,8 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, callb
         failed = trials[trials.status == "failed"]
         for _, r in failed.iterrows():
             print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
+        for name, why in study.skipped_datasets.items():  # absent, skipped at the user's request
+            print(f"  skipped dataset {name} (--present-datasets-only): {why}")
     if study.summarize is not None:
         table = study.summarize(res)
         if len(table):

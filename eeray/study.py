@@ -130,7 +130,7 @@ def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
             try:
                 validate(cfg)
             except ConfigError as exc:
-                raise ConfigError(exc.field, exc.value, f"{exc.valid} (trial '{spec.name}')") from None
+                raise _in_trial(exc, spec) from None
     sizes = _dataset_sizes(specs, DATASETS)
     for spec in specs:
         for cfg in _with_search_bounds(study, spec):
@@ -139,9 +139,14 @@ def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
                 if study.require_safe_exploration:
                     check_safe_exploration(cfg, n=sizes[_data_key(cfg.data)].n_trained)
             except ConfigError as exc:
-                raise ConfigError(exc.field, exc.value, f"{exc.valid} (trial '{spec.name}')") from None
+                raise _in_trial(exc, spec) from None
     _check_resources(study, specs, cluster)
     return specs
+
+
+def _in_trial(exc: ConfigError, spec: TrialSpec) -> ConfigError:
+    """The same error, naming the trial when the study has more than the one unnamed trial."""
+    return ConfigError(exc.field, exc.value, f"{exc.valid} (trial '{spec.name}')" if spec.name else exc.valid)
 
 
 def check_study_name(name: Any) -> None:

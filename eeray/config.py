@@ -366,6 +366,9 @@ def validate(cfg: TrialConfig) -> None:
                               f"G̃ = {exploit.name!r}")
         validate_tau(cfg)
     _validate_diag(g)
+    if g.assumption4 and not e.enabled:
+        raise ConfigError("diag.assumption4", True, "Assumption 4 is about the EE model: set ee.enabled = True, "
+                          "or diag.assumption4 = False")
 
 
 def validate_tau(cfg: TrialConfig) -> None:

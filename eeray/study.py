@@ -131,6 +131,7 @@ def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
                 validate(cfg)
             except ConfigError as exc:
                 raise _in_trial(exc, spec) from None
+    _check_user_optimizers(specs)
     sizes = _dataset_sizes(specs, DATASETS)
     for spec in specs:
         for cfg in _with_search_bounds(study, spec):
@@ -214,6 +215,26 @@ def _same(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:  # noqa: BLE001 -- values that do not compare (arrays) are distinct
         return False
+
+
+def _check_user_optimizers(specs: list[TrialSpec]) -> None:
+    """A user factory 'package.module:function' imports here as it will in every trial (same PYTHONPATH)."""
+    import importlib
+
+    seen = set()
+    for spec in specs:
+        for fld, o in (("optim.name", spec.config.optim), ("ee.exploit_optim.name", spec.config.ee.exploit_optim)):
+            if o is None or ":" not in o.name or o.name in seen:
+                continue
+            seen.add(o.name)
+            module, _, attr = o.name.partition(":")
+            try:
+                fn = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(fld, o.name, f"cannot import the user factory ({type(exc).__name__}: {exc}); "
+                                  "it must be importable here and on every worker") from None
+            if not callable(fn):
+                raise ConfigError(fld, o.name, "must name a callable params -> torch.optim.Optimizer")
 
 
 @dataclass(frozen=True)

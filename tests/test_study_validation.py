@@ -176,6 +176,11 @@ PRE_RAY_CASES = {
                                "'diag.method': 'dense', 'diag.memory_budget_gb': 1e-4}))",
                                ["'diag.memory_budget_gb' = 0.0001", "dense alignment report",
                                 "needs at least 640,000 bytes", "use diag.method 'auto'"]),
+    "user_optimizer_not_importable": ("Study('v', BASE.replace(**{'optim.name': 'no_such_module:make'}))",
+                                      ["'optim.name' = 'no_such_module:make'", "cannot import the user factory",
+                                       "ModuleNotFoundError"]),
+    "assumption4_without_ee": ("Study('v', BASE.replace(**{'ee.enabled': False, 'diag.assumption4': True}))",
+                               ["'diag.assumption4' = True", "Assumption 4 is about the EE model"]),
     "no_trial": ("Study('v', BASE, variants={})", ["'study.variants' = {}", "expands to no trial"]),
 }
 UNSAFE_NAMES = ["", "..", ".", "a/b", "/tmp/elsewhere", ".hidden", "a\\b"]

@@ -46,9 +46,27 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--address", help="join a running Ray cluster: 'auto' (the one `ray start` left on this "
                    "machine) or host:port; default: start a local Ray for this study only")
     p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
+    p.add_argument("--present-datasets-only", action="store_true", help="run only the study's datasets whose "
+                   "files are present, and say which were skipped (default: an absent dataset is an error)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
     p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
     return p.parse_args(argv)
+
+
+def _data_options(args: argparse.Namespace) -> None:
+    """--data-root (or $EERAY_DATA_ROOT) must be a directory; --present-datasets-only reaches the studies'
+    dataset selection (eeray.data.select_datasets) through the environment, like the data root."""
+    from eeray.data import PRESENT_ONLY_ENV  # noqa: PLC0415 -- torch, but no Ray
+
+    root, source = (args.data_root, "--data-root") if args.data_root else (os.environ.get("EERAY_DATA_ROOT"),
+                                                                          "EERAY_DATA_ROOT")
+    if root and not os.path.isdir(os.path.expanduser(root)):
+        raise ConfigError(source, root, "the data root must be an existing directory (the one holding MNIST/raw, "
+                          "cifar-10-batches-py, ...; see README 'Real datasets')")
+    if args.data_root:
+        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(os.path.expanduser(args.data_root))
+    if args.present_datasets_only:
+        os.environ[PRESENT_ONLY_ENV] = "1"
 
 
 def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
@@ -59,8 +77,11 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     if args.fresh and (args.resume or args.extend):
         print("error: --fresh starts over; it does not go with --resume or --extend", file=sys.stderr)
         return 2
-    if args.data_root:
-        os.environ["EERAY_DATA_ROOT"] = os.path.abspath(args.data_root)
+    try:
+        _data_options(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.smoke:
         profile, why = "smoke", "--smoke"
     elif args.profile:
@@ -72,15 +93,19 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         if recorded and recorded != profile:
             profile, why = recorded, "recorded by the execution being continued"
     print(f"eeray {Path(sys.argv[0]).name}: profile {profile} ({why})", flush=True)
-    study = build(profile)
-    study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
+    from eeray.data.real import CorruptDatasetError  # noqa: PLC0415 -- torch, but no Ray
+
     try:
+        study = build(profile)  # may refuse: datasets absent (eeray.data.select_datasets)
+        study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
         specs = validate_study(study, cluster=bool(args.address))
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, CorruptDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"study '{study.name}': {len(specs)} grid points × {study.samples_per_point} sample(s); resources per "
           f"trial {study.resources.bundles()}", flush=True)
+    for name, why in study.skipped_datasets.items():
+        print(f"  skipped dataset {name} (--present-datasets-only): {why}", flush=True)
     if args.validate_only:
         return 0
     from eeray.raytune.tuner import run_study

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -255,8 +256,7 @@ def _choice(name: str, value: Any, options: tuple) -> None:
 
 
 def _positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+    ok = _number(value) and (isinstance(value, numbers.Integral) or not integer) and math.isfinite(value)
     ok = ok and (value >= 0 if allow_zero else value > 0)
     if not ok:
         what = "an integer" if integer else "a finite number"
@@ -293,6 +293,7 @@ def validate(cfg: TrialConfig) -> None:
     from eeray import datasets as _data  # the torch-free dataset registry
 
     d, m, e, t, g = cfg.data, cfg.model, cfg.ee, cfg.train, cfg.diag
+    _check_types(cfg)
     _positive("seed", cfg.seed, integer=True, allow_zero=True)
     _choice("data.name", d.name, tuple(_data.DATASETS))
     for name in ("n_train", "n_test"):
@@ -365,12 +366,15 @@ def validate(cfg: TrialConfig) -> None:
                               f"G̃ = {exploit.name!r}")
         validate_tau(cfg)
     _validate_diag(g)
+    if g.assumption4 and not e.enabled:
+        raise ConfigError("diag.assumption4", True, "Assumption 4 is about the EE model: set ee.enabled = True, "
+                          "or diag.assumption4 = False")
 
 
 def validate_tau(cfg: TrialConfig) -> None:
     e, t = cfg.ee, cfg.train
     if e.tau_unit == "fraction":
-        if not (isinstance(e.tau, (int, float)) and 0 <= e.tau <= 1):
+        if not (_number(e.tau) and 0 <= e.tau <= 1):
             raise ConfigError("ee.tau", e.tau, "with tau_unit 'fraction', τ0 must be in [0, 1] (of the run)")
     elif e.tau_unit == "epochs":
         if not (_integral(e.tau) and 0 <= e.tau <= t.epochs):
@@ -382,7 +386,86 @@ def validate_tau(cfg: TrialConfig) -> None:
 
 
 def _integral(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and float(v).is_integer()
+    return _number(v) and math.isfinite(v) and float(v).is_integer()
+
+
+def _number(v: Any) -> bool:
+    """A real number, and not a bool: True is an int to Python, but ``tau = True`` is a mistake, not τ0 = 1."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, _np_bool()))
+
+
+def _np_bool() -> type:
+    try:
+        import numpy
+
+        return numpy.bool_
+    except ImportError:  # numpy is a dependency; this only keeps the config importable without it
+        return bool
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    """``value`` fits the annotation ``tp`` (bool | int | float | str | X | None | tuple | Mapping | a section)."""
+    if tp is Any:
+        return True
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_type_ok(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, (bool, _np_bool()))
+    if tp is int:
+        return _number(value) and isinstance(value, numbers.Integral)
+    if tp is float:
+        return _number(value)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        return isinstance(value, (tuple, list)) and len(value) == len(args) and all(
+            _type_ok(v, a) for v, a in zip(value, args))
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return isinstance(value, Mapping)
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp)
+    return True  # an annotation this check does not know: the field's own rule decides
+
+
+def _type_name(tp: Any) -> str:
+    names = {bool: "a bool (True/False)", int: "an integer", float: "a number",
+             str: "a string", type(None): "None"}
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {len(args)} numbers"
+    if args and type(None) in args:
+        return " or ".join(_type_name(a) for a in args)
+    if dataclasses.is_dataclass(tp):
+        return f"a {tp.__name__}"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_types(cfg: TrialConfig) -> None:
+    """Every field holds a value of its annotated type, before any rule reads it: a bool where a number is
+    expected (``ee.tau = True``), a number where a bool is expected, a string for a number."""
+    if not _type_ok(cfg.seed, int):
+        raise ConfigError("seed", cfg.seed, _must_be(cfg.seed, int))
+    for sec, cls in _SECTIONS.items():
+        section = getattr(cfg, sec)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            value = getattr(section, f.name)
+            if not _type_ok(value, hints[f.name]):
+                raise ConfigError(f"{sec}.{f.name}", value, _must_be(value, hints[f.name]))
+            if isinstance(value, OptimConfig):
+                hints_o = typing.get_type_hints(OptimConfig)
+                for g in dataclasses.fields(OptimConfig):
+                    v = getattr(value, g.name)
+                    if not _type_ok(v, hints_o[g.name]):
+                        raise ConfigError(f"{sec}.{f.name}.{g.name}", v, _must_be(v, hints_o[g.name]))
+
+
+def _must_be(value: Any, tp: Any) -> str:
+    bool_for_number = isinstance(value, (bool, _np_bool())) and not _type_ok(value, tp)
+    return f"must be {_type_name(tp)}" + ("; a bool is not a number here" if bool_for_number else "")
 
 
 def _validate_diag(g: DiagConfig) -> None:

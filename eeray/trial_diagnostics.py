@@ -74,7 +74,8 @@ class TrialDiagnostics:
             need = 8 * (n * n + n * (head.in_features + 1 + head.m_H) + 2 * n)
             if need > self.budget:
                 raise ConfigError("diag.memory_budget_gb", g.memory_budget_gb,
-                                  f"the safe-exploration Grams need ≥ {need / GB:.1f} GB for n = {n}; raise "
+                                  f"the safe-exploration Grams need at least {need:,} bytes ({need / GB:.3g} GiB) "
+                                  f"for n = {n}; raise "
                                   "the budget, or set diag.assumption4/diag.lemma5 to False")
         if g.assumption4 and not isinstance(model, EEModel):
             raise ConfigError("diag.assumption4", True, "Assumption 4 is about the EE model; set ee.enabled")

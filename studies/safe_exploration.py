@@ -3,10 +3,12 @@
 At initialisation (He-based PyTorch init, BN in eval mode, the non-augmented training set) and with q ~ N(0, I),
 the n×n Gram (ZZᵀ)∘(SSᵀ) of φ(q, θ) (docs/paper-choices.md (D2)) is certified positive definite by shifted Cholesky and
 cross-checked by a second method where memory allows — the paper verified "twice by two standard methods".
-m_H = ⌈2n/513⌉ for the pre-activation ResNet-18 (m_{H−1} = 513), exactly Table 2's widths. Datasets whose files
-are not under the data root are listed and skipped; digits16 (scikit-learn's digits) is always there.
+m_H = ⌈2n/513⌉ for the pre-activation ResNet-18 (m_{H−1} = 513), exactly Table 2's widths. A dataset whose files
+are not under the data root is an error; `--present-datasets-only` runs the ones present and lists the others as
+skipped. digits16 (scikit-learn's digits) is always there.
 
 Run:      python studies/safe_exploration.py --data-root /path/to/data
+Some:     python studies/safe_exploration.py --data-root /path/to/data --present-datasets-only
 Smoke:    python studies/safe_exploration.py --smoke
 Runtime:  smoke < 1 min; laptop (n ≤ 3,000 per dataset) ~5 min on 2 cores; paper (full n: up to 73,257, a
           43 GB float64 Gram) needs a GPU with ≥ 48 GB or that much RAM: ~5 s per dataset on an H100
@@ -16,7 +18,7 @@ Expect:   rank n (certified) for every dataset, as in Table 2; `summary.csv` lis
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig
-from eeray.data import DATASETS, present
+from eeray.data import DATASETS, select_datasets
 from eeray.cli import main
 from eeray.results import columns
 from eeray.study import Resources, Study
@@ -25,22 +27,29 @@ CANDIDATES = ("digits16", "semeion", "mnist", "kmnist", "fashion_mnist", "cifar1
 N_CAP = {"smoke": 300, "laptop": 3000, "paper": None}  # None: the paper's full training sets
 
 
-def build(profile: str) -> Study:
-    names = present(CANDIDATES if profile != "smoke" else ("digits16", "fashion_mnist"))
+def build(profile: str, datasets: tuple[str, ...] | None = None) -> Study:
+    """``datasets``: certify these instead of the profile's candidates (studies/ee_vs_standard.py's certify
+    stage passes the datasets its other stages train on)."""
+    if datasets is None:
+        datasets = CANDIDATES if profile != "smoke" else ("digits16", "fashion_mnist")
+    selection = select_datasets(datasets)
+    names = selection.present
     cap = N_CAP[profile]
     base = TrialConfig(
         data=DataConfig(name="digits16"),
         model=ModelConfig(arch="preact_resnet18"),
         ee=EEConfig(m_H_factor=2.0),  # m_H = ⌈2n/513⌉
         train=TrainConfig(epochs=0, eval_batch_size=512),  # certificate only: no training
-        diag=DiagConfig(assumption4=True, lemma5=False, memory_budget_gb=24.0 if profile == "paper" else 2.0),
+        # paper: SVHN's n = 73,257 needs a 40.4 GiB Gram (MNIST's 60,000: 27.2 GiB), checked before Ray
+        diag=DiagConfig(assumption4=True, lemma5=False, memory_budget_gb=48.0 if profile == "paper" else 2.0),
     )
     # the certificate is about the training set; a few hundred test images keep the step-0 evaluation short
     variants = {name: {"data.name": name, "data.n_train": None if cap is None else min(cap, DATASETS[name].n_train),
                        "data.n_test": 256} for name in names}
     return Study(name="safe_exploration", base=base, variants=variants, require_safe_exploration=True,
                  resources=Resources(cpu=2 if profile != "paper" else 4, gpu=1 if profile == "paper" else 0),
-                 summary_columns=("n", "m_H", "assumption4_certified"), summarize=summarize)
+                 summary_columns=("n", "m_H", "assumption4_certified"), summarize=summarize,
+                 skipped_datasets=selection.skipped)
 
 
 # Table 2's row per dataset: the first method (the shifted Cholesky: certified, or the first failing pivot) and the

@@ -277,3 +277,210 @@ def test_real_fashion_mnist_from_debian():
     counts = torch.bincount(d.y_train, minlength=10)
     assert counts.min() >= 150 and counts.max() <= 250, counts  # ~200 per class in a random subset
     assert d.info["files"][0].startswith(str(real.DEBIAN_FASHION_MNIST))
+
+
+# --------------------------------------------------------------------------- helpers other test files use
+def make_cifar(root: Path, name: str, seed: int = 4) -> None:
+    """Tiny batches in the CIFAR-10/100 on-disk layout (3 images per file)."""
+    rng = np.random.default_rng(seed)
+    sub, files, _ = real.LAYOUT[name]
+    (root / sub).mkdir(parents=True, exist_ok=True)
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    for f in files:
+        _cifar_pickle(root / sub / f, rng.integers(0, 256, (3, 3072), dtype=np.uint8),
+                      rng.integers(0, DATASETS[name].num_classes, 3), key)
+
+
+def make_svhn(root: Path) -> dict:
+    return _svhn(root)
+
+
+def make_semeion(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    return _semeion(path, rows)
+
+
+class _WritesAFile:
+    """A pickle payload: unpickling it calls exec, which writes ``marker`` (what a crafted batch could do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+def crafted_cifar_batch(marker: Path) -> bytes:
+    labels = [0, 1, 2]
+    entry = {b"batch_label": b"x", b"labels": labels, b"data": _WritesAFile(marker), b"filenames": [b"f"] * 3}
+    return pickle.dumps(entry, protocol=2)
+
+
+def write_cifar_with_payload(root: Path, marker: Path) -> None:
+    """A CIFAR-10 layout whose first batch runs code when plain pickle.load reads it."""
+    make_cifar(root, "cifar10")
+    (root / "cifar-10-batches-py" / "data_batch_1").write_bytes(crafted_cifar_batch(marker))
+
+
+# --------------------------------------------------------------------------- the restricted CIFAR unpickler
+def test_crafted_cifar_pickle_is_refused_before_running_anything(tmp_path):
+    marker = tmp_path / "pwned"
+    write_cifar_with_payload(tmp_path, marker)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    for check in (lambda: load_dataset(DataConfig(name="cifar10", root=str(tmp_path))),
+                  lambda: real.check_data(DataConfig(name="cifar10", root=str(tmp_path)))):
+        with pytest.raises(CorruptDatasetError, match=rf"{batch} is corrupt.*UnpicklingError: refused global "
+                                                      r"__builtin__\.exec.*cs\.toronto\.edu"):  # protocol 2's name
+            check()
+        assert not marker.exists()
+    pickle.loads(batch.read_bytes())  # the file is a real payload: plain pickle runs it
+    assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
+def test_cifar_batches_load_at_every_pickle_protocol(tmp_path, protocol):
+    data = np.random.default_rng(5).integers(0, 256, (4, 3072), dtype=np.uint8)
+    path = tmp_path / "b"
+    path.write_bytes(pickle.dumps({b"data": data, b"labels": [1, 2, 3, 4]}, protocol=protocol))
+    entry = real.load_cifar_pickle(path)
+    assert np.array_equal(entry[b"data"], data) and entry[b"labels"] == [1, 2, 3, 4]
+
+
+def test_cifar_batch_written_by_python2_numpy(tmp_path):
+    """The real batches name numpy.core.multiarray (numpy 1.x, Python 2's cPickle, str as bytes)."""
+    data = np.arange(3072 * 2, dtype=np.uint8).reshape(2, 3072) % 251
+    raw = pickle.dumps({b"data": data, b"labels": [3, 4]}, protocol=2)
+    assert b"numpy._core.multiarray\n_reconstruct" in raw
+    path = tmp_path / "b"
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    assert np.array_equal(real.load_cifar_pickle(path)[b"data"], data)
+
+
+@pytest.mark.parametrize("bad", ["object_array", "wrong_width", "labels_not_ints", "not_a_dict"])
+def test_cifar_batch_contents_checked(tmp_path, bad):
+    make_cifar(tmp_path, "cifar10")
+    p = tmp_path / "cifar-10-batches-py" / "test_batch"
+    entry = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1, 2]}
+    if bad == "object_array":
+        entry[b"data"] = np.zeros((3, 3072), np.uint8).astype(object)
+    elif bad == "wrong_width":
+        entry[b"data"] = np.zeros((3, 3000), np.uint8)
+    elif bad == "labels_not_ints":
+        entry[b"labels"] = [b"a", b"b", b"c"]
+    else:
+        entry = [entry]
+    p.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(CorruptDatasetError, match=rf"{p} is corrupt"):
+        real.check_data(DataConfig(name="cifar10", root=str(tmp_path)))
+
+
+# --------------------------------------------------------------------------- formats checked before Ray
+def test_check_data_gives_the_sizes_the_files_hold(tmp_path):
+    make_idx(tmp_path, "mnist", gz=True)
+    make_idx(tmp_path, "kmnist", gz=False, n=7, n_test=2)
+    make_cifar(tmp_path, "cifar100")
+    make_svhn(tmp_path)
+    make_semeion(tmp_path / "semeion.data", 30)
+    sizes = {n: real.check_data(DataConfig(name=n, root=str(tmp_path)))
+             for n in ("mnist", "kmnist", "cifar100", "svhn", "semeion")}
+    assert {n: (s.n_train, s.n_test) for n, s in sizes.items()} == {
+        "mnist": (12, 5), "kmnist": (7, 2), "cifar100": (3, 3), "svhn": (6, 4), "semeion": (19, 11)}
+    assert sizes["svhn"].files == (tmp_path / "train_32x32.mat", tmp_path / "test_32x32.mat")
+
+
+@pytest.mark.parametrize("damage", ["bad_magic", "header_larger_than_body", "body_larger_than_header",
+                                    "labels_do_not_pair", "not_28x28", "label_above_9"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_check_data_idx_formats(tmp_path, damage, gz):
+    make_idx(tmp_path, "kmnist", gz=gz)
+    d = tmp_path / "KMNIST/raw"
+    rng = np.random.default_rng(0)
+    target, arr = "train-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    if damage == "labels_do_not_pair":
+        target, arr = "train-labels-idx1-ubyte", rng.integers(0, 10, 11, dtype=np.uint8)
+    elif damage == "not_28x28":
+        arr = rng.integers(0, 256, (12, 27, 28), dtype=np.uint8)
+    elif damage == "label_above_9":
+        target, arr = "train-labels-idx1-ubyte", np.full(12, 10, dtype=np.uint8)
+    raw = struct.pack(">BBBB", 0, 0, 8, arr.ndim) + struct.pack(f">{arr.ndim}i", *arr.shape) + arr.tobytes()
+    if damage == "bad_magic":
+        raw = b"\x00\x00\x0d" + raw[3:]  # 0x0d: float32 data, not unsigned bytes
+    elif damage == "header_larger_than_body":
+        raw = raw[:-28]
+    elif damage == "body_larger_than_header":
+        raw = raw + b"\x00" * 28
+    path = d / (target + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    shown = d / (target + (".gz" if gz else ""))
+    pair_error = damage in ("labels_do_not_pair", "not_28x28", "label_above_9")
+    where = d / ("train-images-idx3-ubyte" + (".gz" if gz else "")) if pair_error else shown
+    with pytest.raises(CorruptDatasetError, match=rf"dataset 'kmnist': file {where} is corrupt.*codh\.rois\.ac\.jp"):
+        real.check_data(DataConfig(name="kmnist", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("bad", ["not_a_mat", "X_wrong_shape", "labels_outside_1_10", "no_y"])
+def test_check_data_svhn_format(tmp_path, bad):
+    import scipy.io
+
+    make_svhn(tmp_path)
+    p = tmp_path / "train_32x32.mat"
+    X, y = np.zeros((32, 32, 3, 4), np.uint8), np.ones((4, 1), np.uint8)
+    if bad == "not_a_mat":
+        p.write_bytes(b"MATLAB 5.0? no")
+    else:
+        if bad == "X_wrong_shape":
+            X = np.zeros((32, 32, 1, 4), np.uint8)
+        elif bad == "labels_outside_1_10":
+            y[0, 0] = 11
+        scipy.io.savemat(p, {"X": X} if bad == "no_y" else {"X": X, "y": y})
+    with pytest.raises(CorruptDatasetError, match=rf"{p} is corrupt.*ufldl\.stanford\.edu"):
+        real.check_data(DataConfig(name="svhn", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("bad", ["265_columns", "not_binary", "two_labels", "text"])
+def test_check_data_semeion_format(tmp_path, bad):
+    p = tmp_path / "semeion.data"
+    make_semeion(p, 5)
+    rows = p.read_text().splitlines()
+    if bad == "265_columns":
+        rows[2] = rows[2].rsplit(" ", 2)[0]
+    elif bad == "not_binary":
+        rows[1] = "0.5000" + rows[1][6:]
+    elif bad == "two_labels":
+        rows[0] = " ".join(rows[0].split()[:-10] + ["1"] * 2 + ["0"] * 8)
+    else:
+        rows[3] = "a b c"
+    p.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CorruptDatasetError, match=rf"{p} is corrupt.*archive\.ics\.uci\.edu"):
+        real.check_data(DataConfig(name="semeion", root=str(tmp_path)))
+
+
+def test_validate_study_checks_the_format_before_ray(tmp_path):
+    from eeray.config import ModelConfig, TrialConfig
+    from eeray.study import Study, validate_study
+
+    make_idx(tmp_path, "mnist", gz=True)
+    p = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:20])  # a truncated download
+    study = Study("t", TrialConfig(data=DataConfig(name="mnist", root=str(tmp_path)), model=ModelConfig(arch="lenet")))
+    with pytest.raises(CorruptDatasetError, match=rf"{p} is corrupt .*cannot decompress"):
+        validate_study(study)
+
+
+# --------------------------------------------------------------------------- absent datasets
+def test_absent_dataset_refuses_unless_present_only_asked(tmp_path, monkeypatch):
+    from eeray.data import PRESENT_ONLY_ENV, select_datasets
+
+    make_idx(tmp_path, "mnist", gz=True)
+    monkeypatch.setenv(real.ROOT_ENV, str(tmp_path))
+    with pytest.raises(DatasetFilesError, match=rf"datasets not found: cifar10: missing "
+                                                rf"{tmp_path}/cifar-10-batches-py/data_batch_1 and 5 more; get it "
+                                                r"from https://www\.cs\.toronto\.edu.*--present-datasets-only to run "
+                                                r"only the datasets present \(digits16, mnist\)"):
+        select_datasets(("digits16", "mnist", "cifar10"))
+    monkeypatch.setenv(PRESENT_ONLY_ENV, "1")
+    sel = select_datasets(("digits16", "mnist", "cifar10"))
+    assert sel.present == ["digits16", "mnist"] and list(sel.skipped) == ["cifar10"]
+    with pytest.raises(DatasetFilesError, match="none of the study's datasets"):
+        select_datasets(("cifar10",))
+    monkeypatch.delenv(real.ROOT_ENV)
+    assert select_datasets(("semeion", "digits")).skipped == {"semeion": "no data root set"}

@@ -61,8 +61,9 @@ def _subset(data: TrainingData, cfg) -> TrainingData:
         x, y = x[idx], y[idx]
         data.info["train_subset"] = f"{cfg.n_train} of {data.spec.n_train}, seed {cfg.seed}"
     elif cfg.n_train is not None and cfg.n_train > x.shape[0]:
-        raise ValueError(f"config field 'data.n_train' = {cfg.n_train} is invalid: dataset '{cfg.name}' "
-                         f"has {x.shape[0]} training samples")
+        from eeray.config import ConfigError
+
+        raise ConfigError("data.n_train", cfg.n_train, f"dataset '{cfg.name}' has {x.shape[0]} training samples")
     if cfg.n_test is not None and cfg.n_test < xt.shape[0]:
         idx = torch.randperm(xt.shape[0], generator=g)[: cfg.n_test]
         xt, yt = xt[idx], yt[idx]
@@ -85,13 +86,31 @@ def _validation_split(data: TrainingData, cfg) -> TrainingData:
     return data
 
 
-def present(names, *, verbose: bool = True) -> list[str]:
-    """The datasets among ``names`` that can be loaded here (synthetic and bundled ones always; real ones when
-    their files are under the data root). Studies run on whatever is present and say what they skip."""
-    from eeray.config import DataConfig
-    from eeray.data.real import DatasetFilesError, check_files
+PRESENT_ONLY_ENV = "EERAY_PRESENT_DATASETS_ONLY"  # "1": set by the study flag --present-datasets-only
 
-    found = []
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    present: list[str]  # in the order asked for
+    skipped: dict[str, str]  # absent dataset -> why (only with --present-datasets-only)
+
+
+def select_datasets(names) -> DatasetSelection:
+    """The datasets among ``names`` that can be loaded here (synthetic and bundled ones always; real ones when
+    their files are under the data root).
+
+    A study asks for its datasets; an absent one is an error naming each absent dataset and its first missing
+    file, so a paper study never quietly becomes a smaller one. Only when the user asked for the datasets
+    present (``--present-datasets-only``, i.e. ``$EERAY_PRESENT_DATASETS_ONLY=1``) are the absent ones
+    skipped, and returned, for the study to state in its summary. Whether the present files are well formed is
+    checked later, with the study (:func:`eeray.data.real.check_data`): a corrupt file is an error, never a
+    reason to skip."""
+    import os
+
+    from eeray.data.real import LAYOUT, DatasetFilesError, _missing, check_files, data_root
+    from eeray.config import DataConfig
+
+    found, absent = [], {}
     for name in names:
         if DATASETS[name].kind != "real":
             found.append(name)
@@ -99,8 +118,21 @@ def present(names, *, verbose: bool = True) -> list[str]:
         try:
             check_files(DataConfig(name=name))
             found.append(name)
-        except DatasetFilesError as exc:
-            if verbose:
-                why = "no data root set" if "no data root" in str(exc) else "files missing"
-                print(f"  {name}: not found ({why}; --data-root or EERAY_DATA_ROOT), skipped")
-    return found
+        except DatasetFilesError:
+            root = data_root(DataConfig(name=name), required=False)
+            if root is None:
+                absent[name] = "no data root set"
+            else:
+                missing = _missing(name, root / LAYOUT[name][0])
+                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                absent[name] = f"missing {root / LAYOUT[name][0] / missing[0]}{more}; get it from {LAYOUT[name][2]}"
+    allowed = os.environ.get(PRESENT_ONLY_ENV) == "1"
+    if absent and not allowed:
+        what = "; ".join(f"{n}: {why}" for n, why in absent.items())
+        raise DatasetFilesError(f"datasets not found: {what}. Put their files under the data root (--data-root or "
+                                f"EERAY_DATA_ROOT), or pass --present-datasets-only to run only the datasets "
+                                f"present ({', '.join(found) or 'none'})")
+    if not found:
+        raise DatasetFilesError(f"none of the study's datasets ({', '.join(names)}) is present: "
+                                + "; ".join(f"{n}: {why}" for n, why in absent.items()))
+    return DatasetSelection(found, absent)

@@ -24,8 +24,9 @@ import gzip
 import os
 import pickle
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -174,44 +175,108 @@ def _read_idx(path: Path, name: str, d: Path, ndim: int) -> np.ndarray:
     dims = np.frombuffer(raw, ">i4", ndim, 4).astype(np.int64)
     body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise _corrupt(name, path, f"header says {tuple(dims)} = {int(np.prod(dims))} bytes, found {body.size}", d)
+        shape = tuple(int(v) for v in dims)
+        raise _corrupt(name, path, f"header says {shape} = {int(np.prod(dims))} bytes, found {body.size}", d)
     return body.reshape(tuple(dims))
 
 
-def _load_idx(cfg, dirs: list[Path]) -> TrainingData:
+def _idx_arrays(cfg, dirs: list[Path]) -> tuple[list[np.ndarray], list[Path]]:
+    """(x, y, x_test, y_test) as uint8 arrays straight from the files, every header, size and pairing checked."""
     d = _check(cfg.name, dirs)
     paths = [_find(d, f) for f in _IDX]
-    x, y, xt, yt = (_read_idx(p, cfg.name, d, 3 if "images" in p.name else 1) for p in paths)
+    arrays = [_read_idx(p, cfg.name, d, 3 if "images" in p.name else 1) for p in paths]
+    x, y, xt, yt = arrays
     for img, lab, p in ((x, y, paths[0]), (xt, yt, paths[2])):
         if len(img) != len(lab) or img.shape[1:] != (28, 28) or (lab.size and lab.max() > 9):
             raise _corrupt(cfg.name, p, f"images {img.shape} do not pair with {lab.shape} labels 0..9", d)
+    return arrays, paths
+
+
+def _load_idx(cfg, dirs: list[Path]) -> TrainingData:
+    (x, y, xt, yt), paths = _idx_arrays(cfg, dirs)
     return _result(cfg, x[:, None], y, xt[:, None], yt, paths)
 
 
+def _idx_dirs(cfg) -> list[Path]:
+    if cfg.name != "fashion_mnist":
+        return [_dir(cfg)]
+    root = data_root(cfg, required=False)  # <root>/FashionMNIST/raw if a root is set and holds the files,
+    return ([_dir(cfg)] if root is not None else []) + [DEBIAN_FASHION_MNIST]  # else Debian's copy
+
+
 def load_mnist(cfg) -> TrainingData:
-    return _load_idx(cfg, [_dir(cfg)])
+    return _load_idx(cfg, _idx_dirs(cfg))
 
 
 def load_kmnist(cfg) -> TrainingData:
-    return _load_idx(cfg, [_dir(cfg)])
+    return _load_idx(cfg, _idx_dirs(cfg))
 
 
 def load_fashion_mnist(cfg) -> TrainingData:
     """<root>/FashionMNIST/raw if a root is set and holds the files, else Debian's copy."""
-    root = data_root(cfg, required=False)
-    dirs = ([_dir(cfg)] if root is not None else []) + [DEBIAN_FASHION_MNIST]
-    return _load_idx(cfg, dirs)
+    return _load_idx(cfg, _idx_dirs(cfg))
 
 
 # ---- CIFAR (python pickles) ----
 
+def _numpy_core(module: str, attr: str) -> Any:
+    import importlib
+
+    try:  # numpy >= 2 moved numpy.core to numpy._core (numpy.core is a shim that warns)
+        return getattr(importlib.import_module(module.replace("numpy.core", "numpy._core", 1)), attr)
+    except (ImportError, AttributeError):
+        return getattr(importlib.import_module(module), attr)
+
+
+# Everything a CIFAR batch holds: a dict of bytes/str keys -> lists of ints and bytes, and one uint8 ndarray.
+# An ndarray pickles as _reconstruct(ndarray, shape, dtype-char) + state (protocols 0-4) or _frombuffer(buffer,
+# dtype, shape, order) (protocol 5), its dtype as numpy.dtype('u1', ...); Python 3 pickles bytes at protocol < 3
+# as _codecs.encode(str, 'latin1'). Nothing else is needed, so nothing else is resolved.
+_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    **{(m, "_reconstruct"): (lambda m=m: _numpy_core(m, "_reconstruct"))
+       for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): (lambda m=m: _numpy_core(m, "_frombuffer"))
+       for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("_codecs", "encode"): lambda: __import__("_codecs").encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only the globals a CIFAR batch needs: a crafted file cannot name os.system, builtins.exec or any
+    other callable, so unpickling it runs no code of its author's (plain pickle.load would, before any check)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: a CIFAR batch holds only dicts, lists, "
+                                         "bytes, str, ints and numpy uint8 arrays")
+        return _CIFAR_GLOBALS[(module, name)]()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused a persistent id: a CIFAR batch has none")
+
+
+def load_cifar_pickle(path: Path) -> dict:
+    """One CIFAR batch through the restricted unpickler (bytes keys, as the Python 2 files hold them)."""
+    with open(path, "rb") as f:
+        return _CifarUnpickler(f, encoding="bytes").load()
+
+
 def _read_pickle(path: Path, label_key: str, name: str, d: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = load_cifar_pickle(path)
+        if not isinstance(entry, dict):
+            raise TypeError(f"a batch is a dict, found {type(entry).__name__}")
         entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)  # rows are R(1024) G B, row-major
-        labels = np.asarray(entry[label_key], dtype=np.int64)
+        data, labels = entry["data"], entry[label_key]
+        if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+            raise TypeError(f"'data' must be an (N, 3072) uint8 array, found {type(data).__name__} "
+                            f"{getattr(data, 'dtype', '')} {getattr(data, 'shape', '')}")
+        data = data.reshape(-1, 3, 32, 32)  # rows are R(1024) G B, row-major
+        if not (isinstance(labels, (list, np.ndarray)) and all(isinstance(v, (int, np.integer)) for v in labels)):
+            raise TypeError(f"'{label_key}' must be a list of integers")
+        labels = np.asarray(labels, dtype=np.int64)
     except Exception as e:  # noqa: BLE001 -- any unpickling/shape failure means the same thing: a bad file
         raise _corrupt(name, path, f"{type(e).__name__}: {e}", d) from None
     if len(labels) != len(data):
@@ -219,22 +284,31 @@ def _read_pickle(path: Path, label_key: str, name: str, d: Path) -> tuple[np.nda
     return data, labels
 
 
-def _load_cifar(cfg, train: list[str], test: list[str], label_key: str) -> TrainingData:
+def _cifar_arrays(cfg, train: list[str], test: list[str], label_key: str):
     d = _check(cfg.name, [_dir(cfg)])
     parts = [[_read_pickle(d / f, label_key, cfg.name, d) for f in files] for files in (train, test)]
     (x, y), (xt, yt) = ((np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p])) for p in parts)
     k = DATASETS[cfg.name].num_classes
     if max(y.max(initial=0), yt.max(initial=0)) >= k or min(y.min(initial=0), yt.min(initial=0)) < 0:
         raise _corrupt(cfg.name, d, f"labels outside 0..{k - 1}", d)
-    return _result(cfg, x, y, xt, yt, [d / f for f in train + test])
+    return (x, y, xt, yt), [d / f for f in train + test]
+
+
+_CIFAR = {"cifar10": ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+          "cifar100": (["train"], ["test"], "fine_labels")}
+
+
+def _load_cifar(cfg) -> TrainingData:
+    (x, y, xt, yt), files = _cifar_arrays(cfg, *_CIFAR[cfg.name])
+    return _result(cfg, x, y, xt, yt, files)
 
 
 def load_cifar10(cfg) -> TrainingData:
-    return _load_cifar(cfg, [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels")
+    return _load_cifar(cfg)
 
 
 def load_cifar100(cfg) -> TrainingData:
-    return _load_cifar(cfg, ["train"], ["test"], "fine_labels")
+    return _load_cifar(cfg)
 
 
 # ---- SVHN (.mat) ----
@@ -253,15 +327,21 @@ def _read_svhn(path: Path, d: Path) -> tuple[np.ndarray, np.ndarray]:
     return x.transpose(3, 2, 0, 1), y  # (N, 3, 32, 32): X is indexed [h, w, c, n]
 
 
-def load_svhn(cfg) -> TrainingData:
+def _svhn_arrays(cfg):
     d = _check("svhn", [_dir(cfg)])
     (x, y), (xt, yt) = (_read_svhn(d / f, d) for f in LAYOUT["svhn"][1])
-    return _result(cfg, x, y, xt, yt, [d / f for f in LAYOUT["svhn"][1]], split="train/test (no 'extra')")
+    return (x, y, xt, yt), [d / f for f in LAYOUT["svhn"][1]]
+
+
+def load_svhn(cfg) -> TrainingData:
+    (x, y, xt, yt), files = _svhn_arrays(cfg)
+    return _result(cfg, x, y, xt, yt, files, split="train/test (no 'extra')")
 
 
 # ---- Semeion (UCI text) ----
 
-def load_semeion(cfg) -> TrainingData:
+def _semeion_rows(cfg) -> tuple[np.ndarray, Path]:
+    """The (rows, 266) table, every row 256 binary pixels + a one-hot label."""
     d = _check("semeion", [_dir(cfg)])
     path = d / "semeion.data"
     try:
@@ -271,11 +351,21 @@ def load_semeion(cfg) -> TrainingData:
     onehot = a[:, 256:] if a.shape[1] == 266 else None
     if onehot is None or not np.isin(a, (0.0, 1.0)).all() or not (onehot.sum(1) == 1).all():
         raise _corrupt("semeion", path, f"shape {a.shape}: expected 266 binary columns, the last 10 one-hot", d)
+    return a, path
+
+
+def _semeion_split(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(rows)
+    n_tr = round(rows * 1000 / 1593)  # the paper's 1000/593 for the real 1593 rows
+    return perm[:n_tr], perm[n_tr:]
+
+
+def load_semeion(cfg) -> TrainingData:
+    a, path = _semeion_rows(cfg)
+    onehot = a[:, 256:]
     x = a[:, :256].astype(np.uint8).reshape(-1, 1, 16, 16) * 255  # torchvision's uint8 view; /255 gives 0/1
     y = onehot.argmax(1)
-    perm = np.random.default_rng(cfg.seed).permutation(len(a))
-    n_tr = round(len(a) * 1000 / 1593)  # the paper's 1000/593 for the real 1593 rows
-    tr, te = perm[:n_tr], perm[n_tr:]
+    tr, te = _semeion_split(len(a), cfg.seed)
     return _result(cfg, x[tr], y[tr], x[te], y[te], [path],
                    split=f"{len(tr)}/{len(te)}, numpy default_rng({cfg.seed}).permutation")
 
@@ -307,10 +397,44 @@ def download(name: str, root: str | os.PathLike) -> Path:
 
 
 def check_files(cfg) -> Path:
-    """The directory a loader would read, or the loader's own DatasetFilesError — without reading any data.
-    Studies call it for every dataset before Ray starts (errors before work)."""
+    """The directory a loader would read, or the loader's own DatasetFilesError — without reading any data
+    (which datasets are present; :func:`check_data` also checks what the files hold)."""
     if cfg.name == "fashion_mnist":
         root = data_root(cfg, required=False)
         return _check(cfg.name, ([root / LAYOUT[cfg.name][0]] if root is not None else []) + [DEBIAN_FASHION_MNIST])
     root = data_root(cfg)
     return _check(cfg.name, [root / LAYOUT[cfg.name][0]])
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """What the files of a real dataset hold, checked: the sizes the study validation needs."""
+
+    name: str
+    files: tuple[Path, ...]
+    n_train: int  # training samples in the files (before data.n_train's subset and data.val_fraction's split)
+    n_test: int
+
+
+def check_data(cfg) -> DatasetFiles:
+    """Every file a loader would read, checked for its format as the loader checks it — idx magic numbers,
+    header dimensions against the body size, image/label pairing and label ranges; CIFAR batches through the
+    restricted unpickler with their (N, 3072) uint8 data and labels; SVHN's X (32, 32, 3, N) and y 1..10;
+    Semeion's 266 binary columns — without converting any pixel. Raises the loader's own DatasetFilesError or
+    CorruptDatasetError (file, location, source). Studies call it for every dataset before Ray starts."""
+    if cfg.name in ("mnist", "kmnist", "fashion_mnist"):
+        (x, _, xt, _), files = _idx_arrays(cfg, _idx_dirs(cfg))
+        n, n_test = len(x), len(xt)
+    elif cfg.name in _CIFAR:
+        (x, _, xt, _), files = _cifar_arrays(cfg, *_CIFAR[cfg.name])
+        n, n_test = len(x), len(xt)
+    elif cfg.name == "svhn":
+        (x, _, xt, _), files = _svhn_arrays(cfg)
+        n, n_test = len(x), len(xt)
+    elif cfg.name == "semeion":
+        a, path = _semeion_rows(cfg)
+        tr, te = _semeion_split(len(a), cfg.seed)
+        files, n, n_test = [path], len(tr), len(te)
+    else:
+        raise ValueError(f"check_data: dataset '{cfg.name}' is not a real dataset; valid: {', '.join(LAYOUT)}")
+    return DatasetFiles(cfg.name, tuple(files), int(n), int(n_test))

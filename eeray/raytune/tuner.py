@@ -349,6 +349,8 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
             print(trials.sort_values("trial_name")[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         for _, r in trials[trials.status == "failed"].iterrows():
             print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
+        for name, why in study.skipped_datasets.items():  # absent, skipped at the user's request
+            print(f"  skipped dataset {name} (--present-datasets-only): {why}")
     if study.summarize is not None and not unfinished:
         table = study.summarize(res)
         if len(table):

@@ -28,6 +28,7 @@ class StudyCallback(tune.Callback):
         self.execution, self.git_commit, self.profile = execution, git_commit, profile
         self.write_seconds = {"parquet": 0.0, "mlflow": 0.0}
         self.attempts: dict[str, int] = {}
+        self.where: dict[str, list[dict[str, Any]]] = {}  # per attempt: node, actor nodes, why it ended
         self._writer: ResultsWriter | None = None
         self._tracker: MlflowTracker | None = None
         self._finished: set[str] = set()
@@ -54,9 +55,16 @@ class StudyCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self._child(trial)
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
+        self.where.setdefault(trial.trial_id, []).append({"node": None, "actors": [], "error": None})
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """An attempt failed and Tune will retry the trial (a lost node, a lost actor): keep why."""
+        if self.where.get(trial.trial_id):
+            self.where[trial.trial_id][-1]["error"] = _error_text(trial).splitlines()[0][:500]
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rows = result.pop("rows", None)  # keep Tune's own experiment state small
+        self._record_where(trial, result, rows or {})
         chunk = result.get("chunk")
         if rows is None or chunk is None:
             return
@@ -112,6 +120,7 @@ class StudyCallback(tune.Callback):
         row = {**{k: v for k, v in summary.items() if k != "status"},
                "trial_name": self.study.trial_name(trial.config), "status": status,
                "attempts": self.attempts.get(trial.trial_id, 1), "git_commit": self.git_commit,
+               **self._where_fields(trial.trial_id),
                **{f"cfg.{k}": v for k, v in to_flat(cfg).items()}}
         t0 = time.perf_counter()
         self.writer.write_trial(trial.trial_id, row, cfg.data.name)
@@ -124,6 +133,22 @@ class StudyCallback(tune.Callback):
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
         self._finished.add(trial.trial_id)
+
+
+    def _record_where(self, trial, result: dict, rows: dict) -> None:
+        """The node of this attempt (Tune puts ``node_ip`` in every result) and where its diagnostic actors run."""
+        attempts = self.where.setdefault(trial.trial_id, [{"node": None, "actors": [], "error": None}])
+        if attempts[-1]["node"] is None and result.get("node_ip"):
+            attempts[-1]["node"] = result["node_ip"]
+        for event in rows.get("events", []):
+            if event.get("event") == "diag_actors":
+                attempts[-1]["actors"] += [n for n in event["nodes"] if n not in attempts[-1]["actors"]]
+
+    def _where_fields(self, trial_id: str) -> dict[str, str]:
+        attempts = self.where.get(trial_id, [])
+        return {"attempt_nodes": json.dumps([a["node"] for a in attempts]),
+                "diag_actor_nodes": json.dumps([a["actors"] for a in attempts]),
+                "attempt_errors": json.dumps([a["error"] for a in attempts[:-1]])}
 
 
 def open_tracker(cb: StudyCallback) -> MlflowTracker:

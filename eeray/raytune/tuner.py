@@ -24,6 +24,7 @@ from ray import tune  # noqa: E402
 from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from eeray.raytune.callback import StudyCallback  # noqa: E402
+from eeray.raytune.connect import ClusterError, connect  # noqa: E402
 from eeray.results import load  # noqa: E402
 from eeray.study import ALIASES, Study  # noqa: E402
 from eeray.mlflow_mirror import default_tracking_uri, ui_command  # noqa: E402
@@ -116,6 +117,11 @@ def run_study(study: Study, profile: str, args) -> int:
     if args.resume and not exec_file.exists():
         print(f"error: --resume: nothing to resume under {study_dir}", file=sys.stderr)
         return 2
+    try:  # before anything is written: a cluster that refuses the driver or the storage leaves no trace
+        cluster = connect(args.address, json.loads(exec_file.read_text())["storage"] if args.resume else storage)
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     study_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         meta = json.loads(exec_file.read_text())
@@ -126,7 +132,7 @@ def run_study(study: Study, profile: str, args) -> int:
     uri = default_tracking_uri(results_dir)
     callback = StudyCallback(study, str(results_dir), uri, meta["execution"], meta["git_commit"], meta["profile"])
     callback.tracker  # the MLflow schema and the parent run exist before any trial starts
-    started = _init_ray(args.address)
+    started = cluster.started
     t0 = time.perf_counter()
     try:
         tuner_path = os.path.join(meta["storage"], "tune")
@@ -145,18 +151,8 @@ def run_study(study: Study, profile: str, args) -> int:
                                         "resumed": bool(args.resume)})
     exec_file.write_text(json.dumps(meta, indent=2))  # what the run cost, for benchmarks/orchestration.py
     _print_summary(study, results_dir, uri, wall, callback)
+    print(f"Ray:     {cluster.description}")
     return 0
-
-
-def _init_ray(address: str | None) -> bool:
-    if ray.is_initialized():
-        return False
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=True,
-                 logging_level="WARNING")
-    return True
 
 
 def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, callback: StudyCallback) -> None:

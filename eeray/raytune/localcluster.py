@@ -195,6 +195,15 @@ class LocalCluster:
                 raise RuntimeError(f"{len(alive)} of {count} nodes alive after {timeout:.0f} s: {alive}")
             time.sleep(1)
 
+    def restart(self, node: str, timeout: float = 180) -> None:
+        """Start a lost (or live) worker node again, as a replacement instance would join a real cluster."""
+        self.kill(node, signal.SIGKILL)
+        deadline = time.time() + 30
+        while self.pids(node) and time.time() < deadline:
+            time.sleep(0.2)
+        self._start(self.node(node))
+        self.wait_nodes(len(self.nodes), timeout)
+
     # ------------------------------------------------------------------ internals
     def _network(self) -> None:
         hub = f"{self.prefix}-hub"
@@ -219,7 +228,9 @@ class LocalCluster:
                 f"--resources={json.dumps(node.resources)}", f"--object-store-memory={self.object_store_mb << 20}",
                 "--disable-usage-stats", f"--temp-dir={Path(self.root) / 'ray'}"]
         if node.name == "head":
-            args += ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"]
+            # a lost node is declared dead after 1 s x 5 missed health checks (Ray's default: 3 s x 5)
+            args += ["--head", f"--port={GCS_PORT}", "--include-dashboard=false",
+                     '--system-config={"health_check_period_ms": 1000, "health_check_failure_threshold": 5}']
         else:
             args += [f"--address={self.address}"]
         if node.name == "head":

@@ -13,7 +13,8 @@ def build(profile: str) -> Study:
         model=ModelConfig(arch="lenet", lenet_mc=1, lenet_pool="none"),
         optim=OptimConfig(lr=0.05, momentum=0.9),
         ee=EEConfig(tau=0.5, epsilon=1e-2, m_H=4),
-        train=TrainConfig(epochs=16, batch_size=16, eval_every=2, eval_unit="steps", checkpoint_every_epochs=1),
+        train=TrainConfig(epochs=16 if actors else 30, batch_size=16, eval_every=2, eval_unit="steps",
+                          checkpoint_every_epochs=1),
         diag=DiagConfig(alignment=True, every=4, unit="steps", actors=1, lemma5=False, method="dense")
         if actors else DiagConfig())
     return Study(name="cluster_actors" if actors else "cluster", base=base,

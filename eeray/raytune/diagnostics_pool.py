@@ -69,7 +69,10 @@ class DiagnosticsPool:
         self.actors: list = []
         self.actor_nodes: list[str] = []  # node IP of each actor, for the trials table
         self.replaced = 0  # actors started again after one was lost
-        self._start_actors()
+        try:
+            self._start_actors()
+        except ray.exceptions.RayActorError:  # one lost while starting: start them all again, once
+            self._restart_actors()
         self._ids = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=1)
         self._pending: list[tuple[int, Future]] = []

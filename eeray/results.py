@@ -56,7 +56,10 @@ SUMMARY_FIELDS = [
     ("final_residual", _F), ("final_aligned", _B), ("last_Q_T_increment_step", _I),
     ("assumption4_certified", _B), ("lemma5_full_rank", _B), ("git_commit", _S),
     ("frozen_body_graphs", _S), ("train_step_graphs", _S),
-    ("memory_format", _S)]
+    ("memory_format", _S),
+    # where it ran (JSON lists, one entry per attempt; docs/cluster.md): the node of each attempt, the nodes of
+    # its diagnostic actors, and why each attempt before the last ended (a lost node, a lost actor, ...)
+    ("attempt_nodes", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I)]
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -112,7 +115,8 @@ def _diagnostics_schema() -> pa.Schema:
     fields += [(f"energy_{k:.0e}", _F) for k in KAPPAS]
     fields += _dataclass_fields(Certificate, prefix="cert_")
     fields += [("q_t", _I), ("q_evaluations", _I), ("delta_m_ref_step", _I), ("delta_m_fro_sq", _F),
-               ("delta_m_spec_sq", _F), ("delta_m_fro_sq_stderr", _F), ("schedule", _S), ("diag_seconds", _F)]
+               ("delta_m_spec_sq", _F), ("delta_m_fro_sq_stderr", _F), ("schedule", _S), ("diag_seconds", _F),
+               ("evaluation_attempts", _I), ("evaluation_error", _S)]  # actor pool: retried or failed (why)
     return pa.schema(fields)
 
 

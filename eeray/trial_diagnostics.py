@@ -65,6 +65,7 @@ class TrialDiagnostics:
         g = cfg.diag
         self.budget = memory_budget_bytes(cfg)
         self.x_all, self.seconds = x, 0.0
+        self.failed_evaluations = 0
         self.tracker = self.schedule = None
         self.model_0_state: dict | None = None
         self.safety: dict[str, Any] = {}
@@ -93,6 +94,7 @@ class TrialDiagnostics:
                 self.pool = DiagnosticsPool(model, x[:k], num_actors=g.actors, params=names, y=y[:k], loss=loss,
                                             options=options)
                 self.tracker = self.pool.tracker
+                self._actor_nodes: list = []
             else:
                 self.tracker = AlignmentTracker(x[:k], y[:k], loss, options, params=names)
             self.schedule = evaluation_schedule(total_steps, unit=g.unit, every=g.every,
@@ -178,7 +180,13 @@ class TrialDiagnostics:
             self.pool = None
 
     def _emit(self, done: list, took: float | None = None) -> None:
+        if self.pool is not None and self.pool.actor_nodes != self._actor_nodes:  # where the actors run (again)
+            self._actor_nodes = list(self.pool.actor_nodes)
+            self.sink.emit("events", {"event": "diag_actors", "nodes": self._actor_nodes})
         for step, report in done:
+            # an evaluation whose actors were lost twice comes back as a row with evaluation_error and no report
+            # values; it is counted in diag_failed_evaluations and not in Q_T (docs/cluster.md)
+            self.failed_evaluations += bool(getattr(report, "failed", False))
             seconds = took if took is not None else report.seconds_total
             self.sink.emit("diagnostics", {**report.to_record(), "step": step, "phase": self._phases.pop(step),
                                            "schedule": self.schedule.description, "diag_seconds": seconds})
@@ -186,6 +194,8 @@ class TrialDiagnostics:
     # ----------------------------------------------------------------------- summary and checkpoint
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.safety, "diag_seconds": self.seconds}
+        if self.cfg.diag.alignment and self.cfg.diag.actors:  # the pool is closed by now
+            out["diag_failed_evaluations"] = self.failed_evaluations
         if self.tracker is not None and self.tracker.q.steps:
             q = self.tracker.q
             increments = [s for s, a in zip(q.steps, q.aligned) if not a]
@@ -195,10 +205,12 @@ class TrialDiagnostics:
 
     def state_dict(self) -> dict[str, Any]:
         return {"tracker": self.tracker.state_dict() if self.tracker else None, "model_0": self.model_0_state,
-                "pending": list(getattr(self, "_pending", [])), "seconds": self.seconds, "safety": dict(self.safety)}
+                "pending": list(getattr(self, "_pending", [])), "seconds": self.seconds, "safety": dict(self.safety),
+                "failed_evaluations": self.failed_evaluations}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seconds, self.safety = state["seconds"], dict(state["safety"])
+        self.failed_evaluations = state.get("failed_evaluations", 0)  # checkpoints written before it existed
         if self.tracker is None:
             return
         self._pending, self.model_0_state = list(state["pending"]), state["model_0"]

@@ -36,6 +36,7 @@ class StudyRecorder:
         self.finished: dict[str, str] = {}  # trial id -> completed | failed | stopped (this run)
         self.names: dict[str, str] = {}  # trial id -> readable name
         self._reopened: set[str] = set()  # MLflow runs this driver has created or set RUNNING again
+        self.where: dict[str, list[dict[str, Any]]] = {}  # per attempt: node, actor nodes, why it ended
         self.done_before = 0  # trials already finished when this run started (resume)
         self.t0 = time.time()
         self._last_progress = 0.0
@@ -45,9 +46,16 @@ class StudyRecorder:
     def on_trial_start(self, trial) -> None:
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self.names[trial.trial_id] = self.study.trial_name(trial.config)
+        self.where.setdefault(trial.trial_id, []).append({"node": None, "actors": [], "error": None})
+
+    def on_trial_recover(self, trial) -> None:
+        """An attempt failed and Tune will retry the trial (a lost node, a lost actor): keep why."""
+        if self.where.get(trial.trial_id):
+            self.where[trial.trial_id][-1]["error"] = _error_text(trial).splitlines()[0][:500]
 
     def on_trial_result(self, trial, result: dict) -> None:
         rows = result.pop("rows", None)  # keep Tune's own experiment state small
+        self._record_where(trial, result, rows or {})
         config = result.pop("config_flat", None)
         if config is not None:
             self.configs[trial.trial_id] = config
@@ -136,6 +144,7 @@ class StudyRecorder:
                "trial_name": self.names.get(trial.trial_id) or self.study.trial_name(trial.config), "status": status,
                # Tune's own count survives driver restarts: 1 + the failures it retried (node loss, ...)
                "attempts": 1 + int(getattr(trial, "num_failures", 0)), "git_commit": self.git_commit,
+               **self._where_fields(trial.trial_id),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()
         self.writer.write_trial(trial.trial_id, row, cfg["data.name"])
@@ -158,6 +167,23 @@ class StudyRecorder:
                f" (train error {summary.get('final_train_error', float('nan')):.4g})"), flush=True)
 
 
+    def _record_where(self, trial, result: dict, rows: dict) -> None:
+        """The node of this attempt (Tune puts ``node_ip`` in every result) and where its diagnostic actors run."""
+        attempts = self.where.setdefault(trial.trial_id, [{"node": None, "actors": [], "error": None}])
+        if attempts[-1]["node"] is None and result.get("node_ip"):
+            attempts[-1]["node"] = result["node_ip"]
+        for event in rows.get("events", []):
+            if event.get("event") == "diag_actors":
+                attempts[-1]["actors"] += [n for n in event["nodes"] if n not in attempts[-1]["actors"]]
+
+    def _where_fields(self, trial_id: str) -> dict[str, str]:
+        """JSON lists, one entry per attempt this driver saw (a driver restart starts a new list)."""
+        attempts = self.where.get(trial_id, [])
+        return {"attempt_nodes": json.dumps([a["node"] for a in attempts]),
+                "diag_actor_nodes": json.dumps([a["actors"] for a in attempts]),
+                "attempt_errors": json.dumps([a["error"] for a in attempts[:-1]])}
+
+
 class StudyCallback(tune.Callback):
     def __init__(self, recorder: StudyRecorder):
         global _ACTIVE
@@ -178,6 +204,9 @@ class StudyCallback(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.recorder.on_trial_error(trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.recorder.on_trial_recover(trial)
 
     def on_step_end(self, iteration, trials, **info):
         self.recorder.on_step_end(trials)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -66,19 +67,38 @@ class DiagnosticsPool:
         self.driver_device = torch.device(driver_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.shards = [s.cpu() for s in torch.tensor_split(x, num_actors)]
         self.bounds = list(itertools.accumulate([0] + [s.shape[0] for s in self.shards]))
+        self._actor_args = (num_actors, num_cpus, num_gpus, device)
+        self.actors: list = []
+        self.actor_nodes: list[str] = []  # node IP of each actor, for the trials table
+        self.replaced = 0  # actors started again after one was lost
+        try:
+            self._start_actors()
+        except ray.exceptions.RayActorError:  # one lost while starting: start them all again, once
+            self._restart_actors()
+        self._ids = itertools.count()
+        self._executor = ThreadPoolExecutor(max_workers=1)
+        self._pending: list[tuple[int, Future]] = []
+        self._tracker = None if y is None or loss is None else AlignmentTracker(
+            x, y, loss, options, params=params, backend_factory=self.backend)
+
+    def _start_actors(self) -> None:
+        """One actor per shard, in bundles 1..k of the trial's placement group (the same bundles on a restart)."""
+        num_actors, num_cpus, num_gpus, device = self._actor_args
         template_ref = ray.put(self.template)
         worker = ray.remote(ShardWorker)
         self.actors = []
         for i, shard in enumerate(self.shards):
             opts = _placement(i, num_actors, num_cpus, num_gpus)  # inside a trial: bundle i + 1 decides
             on = device or ("cuda" if opts["num_gpus"] > 0 else "cpu")
-            self.actors.append(worker.options(**opts).remote(template_ref, shard, params, batch_size, on,
+            self.actors.append(worker.options(**opts).remote(template_ref, shard, self.params, self.batch_size, on,
                                                              int(max(1, opts["num_cpus"]))))
-        self._ids = itertools.count()
-        self._executor = ThreadPoolExecutor(max_workers=1)
-        self._pending: list[tuple[int, Future]] = []
-        self._tracker = None if y is None or loss is None else AlignmentTracker(
-            x, y, loss, options, params=params, backend_factory=self.backend)
+        self.actor_nodes = ray.get([a.__ray_call__.remote(_node_ip) for a in self.actors])
+
+    def _restart_actors(self) -> None:
+        for a in self.actors:
+            ray.kill(a)  # the survivors too: every shard is reloaded the same way
+        self.replaced += len(self.actors)
+        self._start_actors()
 
     # ------------------------------------------------------------------ snapshots
     def backend(self, model: nn.Module) -> "PoolBackend":
@@ -137,9 +157,42 @@ class DiagnosticsPool:
             raise DiagnosticsError("y", None, "pass y=..., loss=... (and options=AlignmentOptions(...)) to the pool "
                                    "to use submit()")
         snapshot = copy.deepcopy(model).cpu()
-        future = self._executor.submit(self._tracker.evaluate, snapshot, step)
+        future = self._executor.submit(self._evaluate, snapshot, step)
         self._pending.append((step, future))
         return future
+
+    def _evaluate(self, snapshot: nn.Module, step: int) -> "AlignmentReport | FailedEvaluation":
+        """One scheduled evaluation. An actor lost mid-evaluation (killed, or its node gone) is replaced and the
+        evaluation run again from the tracker's state before it; lost again, it is returned as a
+        :class:`FailedEvaluation` (a row with the reason; Q_T and q_evaluations unchanged) and training goes on."""
+        errors = []
+        for attempt in range(1, EVALUATION_ATTEMPTS + 1):
+            before = self._tracker_state()
+            try:
+                report = self._tracker.evaluate(snapshot, step)
+            except ray.exceptions.RayActorError as exc:  # ActorDiedError, ActorUnavailableError: not our code
+                self._restore_tracker(before)
+                errors.append(f"attempt {attempt}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+                try:
+                    self._restart_actors()
+                except Exception as restart:  # noqa: BLE001 - recorded in the row, never dropped
+                    errors.append(f"restarting the actors: {type(restart).__name__}: {restart}")
+                    break
+                continue
+            report.extra["evaluation_attempts"] = attempt
+            if errors:
+                report.extra["evaluation_error"] = "; ".join(errors)  # what the retry recovered from
+            return report
+        q = self._tracker.q
+        return FailedEvaluation(step, len(errors), "; ".join(errors), q.q_t, len(q.steps))
+
+    def _tracker_state(self) -> dict:
+        t = self._tracker
+        return {"q": copy.deepcopy(t.q), "step_0": t.step_0, "gram_0": t.gram_0, "model_0": getattr(t, "model_0", None)}
+
+    def _restore_tracker(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self._tracker, k, v)
 
     def poll(self) -> list[tuple[int, AlignmentReport]]:
         """Finished evaluations (step, report), in submission order, without waiting; re-raises failures."""
@@ -189,6 +242,31 @@ class DiagnosticsPool:
             if a != b:
                 abs_rows[rb] += blk.abs().sum(0)
         return abs_rows
+
+
+EVALUATION_ATTEMPTS = 2  # the first, and one more on fresh actors
+
+
+@dataclass
+class FailedEvaluation:
+    """A scheduled evaluation that did not complete: its diagnostics row holds the reason, the attempts, and
+    Q_T / q_evaluations as they stand (a failed evaluation is not an evaluation: it changes neither)."""
+
+    step: int
+    attempts: int
+    reason: str
+    q_t: int
+    q_evaluations: int
+    seconds_total: float = float("nan")
+    failed = True
+
+    def to_record(self) -> dict:
+        return {"q_t": self.q_t, "q_evaluations": self.q_evaluations, "evaluation_attempts": self.attempts,
+                "evaluation_error": self.reason}
+
+
+def _node_ip(_actor) -> str:
+    return ray.util.get_node_ip_address()
 
 
 class PoolBackend:

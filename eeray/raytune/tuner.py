@@ -35,6 +35,7 @@ from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 from eeray import faults, identity  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
+from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
 from eeray.results import load  # noqa: E402
 from eeray.run_lock import StudyLock, StudyLocked  # noqa: E402
@@ -135,16 +136,20 @@ def run_study(study: Study, profile: str, args) -> int:
         return EXIT_REFUSED
     try:
         try:
-            meta = _execution(study, profile, args, study_dir, continuing)
-        except _Refused as exc:
+            meta, write = _execution(study, profile, args, study_dir, continuing)
+            # before the execution is written: a cluster that refuses the driver or the storage leaves no trace
+            cluster = connect(args.address, _storage(study_dir, meta))
+        except (_Refused, ClusterError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
-        return _run(study, args, results_dir, study_dir, meta)
+        if write:
+            _write_execution(study_dir, meta)
+        return _run(study, args, results_dir, study_dir, meta, cluster)
     finally:
         lock.release()
 
 
-def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict) -> int:
+def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, cluster: RayCluster) -> int:
     uri = default_tracking_uri(results_dir)
     sync = f"python -m eeray.mlflow_sync {results_dir} --study {study.name}"
     mirror = Mirror(lambda: _open_tracker(uri, study, results_dir, meta), sync)
@@ -154,7 +159,6 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict) -> 
     callback = StudyCallback(recorder)
     mirror.call("opening the study's run", lambda t: t.parent_id)  # schema + parent exist before any trial
     storage = _storage(study_dir, meta)
-    cluster = _init_ray(args.address)
     t0 = time.perf_counter()
     outcome = "failed"
     try:
@@ -179,7 +183,7 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict) -> 
         failed = sum(s == "failed" for s in finished.values())
         outcome = "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")
     finally:
-        if cluster["started"]:
+        if cluster.started:
             ray.shutdown()
         wall = time.perf_counter() - t0
         faults.reached("study_end")
@@ -187,9 +191,9 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict) -> 
         _close_mirror(mirror, results_dir, study.name, status)
         meta.setdefault("runs", []).append({"wall_seconds": wall, "write_seconds": dict(recorder.write_seconds),
                                             "resumed": bool(args.resume), "outcome": outcome,
-                                            "cluster": cluster["description"]})
+                                            "cluster": cluster.description})
         _write_execution(study_dir, meta)  # what the run cost, for benchmarks/orchestration.py
-    _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster["description"], args)
+    _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description, args)
     return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED}[outcome]
 
 
@@ -245,8 +249,9 @@ def _make_study_dir(study_dir: Path, name: str) -> None:
                        f"--results-dir; nothing there is touched")
 
 
-def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bool) -> dict:
-    """The execution this run continues (checked against the study as it is now), or a new one."""
+def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bool) -> tuple[dict, bool]:
+    """The execution this run continues (checked against the study as it is now), or a new one; and whether it
+    must be written (new, or extended) once Ray has accepted the driver."""
     exec_file = study_dir / EXECUTION_FILE
     current = identity.definition(study, profile)
     if args.fresh:
@@ -265,7 +270,6 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
             seg = {"name": f"tune-ext{len(meta['segments'])}", "trials": diff.added}
             meta["segments"].append(seg)
             meta["definition"], meta["fingerprint"] = current, identity.fingerprint(current)
-            _write_execution(study_dir, meta)
             print(f"--extend: {len(diff.added)} trial(s) added to execution {meta['execution']}; the "
                   f"{len(meta['definition']['trials']) - len(diff.added)} recorded ones are kept as they are", flush=True)
         elif not diff.empty:
@@ -274,14 +278,13 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
                        "or start a new execution with --fresh (deletes this one) or another --results-dir")
             raise _Refused(f"the study differs from the execution recorded in {exec_file} "
                            f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
-        return meta
+        return meta, diff.only_added and args.extend
     meta = {"study": study.name, "execution": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
             "profile": profile, "git_commit": git_commit(),
             "storage": args.storage or TUNE_DIR,  # relative to the study directory unless the user named one
             "fingerprint": identity.fingerprint(current), "definition": current,
             "segments": [{"name": "tune", "trials": list(current["trials"])}], "runs": []}
-    _write_execution(study_dir, meta)
-    return meta
+    return meta, True
 
 
 def _delete_study_contents(study_dir: Path, name: str) -> None:
@@ -316,16 +319,6 @@ class _NoTuneRestoreHint(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "Tuner.restore(" not in record.getMessage()
-
-
-def _init_ray(address: str | None) -> dict[str, Any]:
-    if ray.is_initialized():
-        return {"started": False, "description": "the Ray this process had already joined"}
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return {"started": True, "description": f"the cluster at {address}"}
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, configure_logging=True, logging_level="WARNING")
-    return {"started": True, "description": "a local Ray started for this study"}
 
 
 # --------------------------------------------------------------------------- the summary

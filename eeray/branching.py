@@ -304,3 +304,24 @@ def run_branched(configs: Sequence[TrialConfig], sink_for=None, *, store=None, b
                 out[i] = Ran(i, result, time.perf_counter() - t0, total - step, tree.trunk, step)
             store.discard(name, step)
     return [out[i] for i in range(len(configs))]
+
+
+def write_results(results_dir: str, study: str, names: Sequence[str], configs: Sequence[TrialConfig],
+                  ran: Sequence[Ran], sinks: Sequence[Any]) -> list[str]:
+    """Parquet for a study run with :func:`run_branched` and ``MemorySink``s (no Ray): each trial's own rows, so
+    a shared prefix is stored once (under its trunk); ``trunk_trial_id`` / ``branch_step`` in ``trials``.
+    Returns the trial ids (``t0000``, ... in config order)."""
+    from eeray.results import ResultsWriter
+
+    writer = ResultsWriter(results_dir, study)
+    ids = [f"t{i:04d}" for i in range(len(configs))]
+    for i, (cfg, r, sink) in enumerate(zip(configs, ran, sinks)):
+        for table in ("steps", "diagnostics", "safety"):
+            if sink.rows[table]:
+                writer.write_chunk(table, ids[i], "all", sink.rows[table], cfg.data.name)
+        summary = {k: v for k, v in r.result.summary.items() if k != "status"}
+        writer.write_trial(ids[i], {**summary, "trial_name": names[i], "status": "completed", "attempts": 1,
+                                    "trunk_trial_id": None if r.trunk is None else ids[r.trunk],
+                                    "branch_step": r.branch_step,
+                                    **{f"cfg.{k}": v for k, v in to_flat(cfg).items()}}, cfg.data.name)
+    return ids

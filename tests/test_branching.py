@@ -9,6 +9,7 @@ from eeray import branching
 from eeray.branching import BRANCH_POINT, FIELD_ROLES, Tree, plan_trees, prefix_rows
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig, to_flat
 from eeray.records import TABLES, MemorySink
+from eeray.results import load
 from eeray.trial import run_trial
 
 STEPS_PER_EPOCH = 3  # n_train 48, batch 16
@@ -156,3 +157,36 @@ def test_a_trunk_resumes_from_its_own_branch_point(tree):
     resumed = run_trial(trunk_cfg, sink, checkpoint=kept.state)
     rows = {t: trunk_sink.rows[t][:kept.emitted[t]] + sink.rows[t] for t in TABLES}
     _assert_same_run(rows, _params(resumed), trunk_sink.rows, _params(trunk), "trunk resumed")
+
+
+def test_parquet_stores_each_prefix_once_and_load_gives_every_history_whole(tmp_path):
+    base = TrialConfig(data=DataConfig(name="sine", n_train=40, n_test=20), model=ModelConfig(fc_width=32),
+                       optim=OptimConfig(lr=0.1, momentum=0.9), ee=EEConfig(m_H=4, epsilon=1e-3),
+                       train=TrainConfig(epochs=6, batch_size=10),
+                       diag=DiagConfig(alignment=True, every=1, unit="epochs", max_samples=20))
+    configs = [base.replace(**{"ee.enabled": False})] + \
+        [base.replace(**{"ee.tau": t, "ee.epsilon": e}) for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
+    names = ["Standard"] + [f"A tau0={t} eps={e:g}" for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
+    loaded = {}
+    for way in ("scratch", "branched"):
+        sinks = [MemorySink() for _ in configs]
+        ran = branching.run_branched(configs, lambda i: sinks[i], branched=way == "branched")
+        branching.write_results(str(tmp_path / way), "s", names, configs, ran, sinks)
+        loaded[way] = (load(tmp_path / way, "s"), load(tmp_path / way, "s", expand_branches=False))
+    (scratch, _), (branched, stored) = loaded["scratch"], loaded["branched"]
+    t = branched.trials.set_index("trial_name")
+    assert t["trunk_trial_id"].isna().sum() == 2  # the Standard baseline and the trunk
+    assert t.loc["A tau0=0.5 eps=0.001", "trunk_trial_id"] == t.loc["A tau0=0.75 eps=0.001", "trial_id"]
+    assert t.loc["A tau0=0.5 eps=0.001", "branch_step"] == 12 and t.loc["A tau0=0.75 eps=1e-05", "branch_step"] == 20  # round(4.5) = 5 epochs
+    assert scratch.trials["trunk_trial_id"].isna().all()
+    for table in ("steps", "diagnostics", "safety"):
+        a, b = getattr(scratch, table), getattr(branched, table)
+        keep = [c for c in a.columns if "seconds" not in c]
+        assert len(b) == len(a) and len(a) > 0, table
+        assert a[keep].equals(b[keep]), table
+        # stored: no branch has a row before its branch step; each prefix is its trunk's alone
+        s = getattr(stored, table).merge(stored.trials[["trial_id", "branch_step"]], on="trial_id")
+        assert not (s["step"] < s["branch_step"]).any(), table
+        assert len(s) < len(a) or table == "safety", table
+    keep = [c for c in scratch.trials.columns if "seconds" not in c and c not in ("trunk_trial_id", "branch_step")]
+    assert scratch.trials[keep].equals(branched.trials[keep])

@@ -106,6 +106,8 @@ def run_grid(name, labels, configs, store_root):
     def totals(idx):
         return {"trial_seconds": sum(scratch[i].seconds for i in idx),
                 "trial_seconds_branched": sum(branched[i].seconds for i in idx),
+                "trial_cpu_seconds": sum(scratch[i].cpu_seconds for i in idx),
+                "trial_cpu_seconds_branched": sum(branched[i].cpu_seconds for i in idx),
                 "steps": sum(scratch[i].steps_run for i in idx),
                 "steps_branched": sum(branched[i].steps_run for i in idx)}
 
@@ -116,7 +118,8 @@ def run_grid(name, labels, configs, store_root):
            "a_cells": totals(ee), "whole_grid": totals(range(len(configs))),
            "per_trial": [{"label": labels[i], "trunk": None if branched[i].trunk is None else labels[branched[i].trunk],
                           "branch_step": branched[i].branch_step, "seconds_scratch": scratch[i].seconds,
-                          "seconds_branched": branched[i].seconds, "steps_scratch": scratch[i].steps_run,
+                          "seconds_branched": branched[i].seconds, "cpu_scratch": scratch[i].cpu_seconds,
+                          "cpu_branched": branched[i].cpu_seconds, "steps_scratch": scratch[i].steps_run,
                           "steps_branched": branched[i].steps_run,
                           "explore_seconds": scratch[i].result.summary["explore_seconds"],
                           "exploit_seconds": scratch[i].result.summary["exploit_seconds"],
@@ -126,6 +129,7 @@ def run_grid(name, labels, configs, store_root):
     for part in ("a_cells", "whole_grid"):
         t = out[part]
         t["seconds_ratio"] = t["trial_seconds_branched"] / t["trial_seconds"]
+        t["cpu_seconds_ratio"] = t["trial_cpu_seconds_branched"] / t["trial_cpu_seconds"]
         t["steps_ratio"] = t["steps_branched"] / t["steps"]
     out["wall_ratio"] = wall["branched"] / wall["scratch"]
     # the per-step cost that bounds the ratio: an exploitation step's time over an exploration step's (from scratch)
@@ -141,26 +145,30 @@ def markdown(results, machine, date) -> str:
     lines = [f"# Branching vs from scratch ({date})", "", f"Machine: {machine}.", "",
              "Trials run with `eeray.branching.run_branched` (run_trial directly, **no Ray**: the Tune scheduling of "
              "branches is not built yet). Per tree, members from scratch then branched, alternating. "
-             "Trial-seconds: the sum of each run_trial call's wall time (setup included). Steps: optimizer steps "
-             "on the data clock that each call executed.", "",
-             "| grid | trials / trees | identical | A cells: trial-s scratch → branched (ratio) | A steps ratio | "
-             "whole grid: trial-s (ratio) | steps ratio | wall s scratch → branched (ratio) | exploit/explore step | "
-             "eval share |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "Trial-seconds: the sum over trials of each run_trial call's CPU time (one thread per trial; on a "
+             "machine shared with other users a trial's wall time mostly measures their load — both are in the JSON, "
+             "wall ratios in brackets). Setup included. Steps: optimizer steps on the data clock that each call "
+             "executed. Exploit/explore step: the time of an exploitation step over an exploration step, from the "
+             "from-scratch trials' phase timers; eval share: evaluation's share of the from-scratch trial-seconds.", "",
+             "| grid | trials / trees | identical | A cells: CPU trial-s scratch → branched, ratio [wall ratio] | "
+             "A steps ratio | whole grid: CPU trial-s, ratio [wall ratio] | steps ratio | wall s scratch → branched | "
+             "exploit/explore step | eval share |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         a, w = r["a_cells"], r["whole_grid"]
         lines.append(f"| {r['grid']} | {r['trials']} / {r['trees']} | {'yes' if r['identical'] else 'NO'} | "
-                     f"{a['trial_seconds']:.1f} → {a['trial_seconds_branched']:.1f} ({a['seconds_ratio']:.3f}) | "
-                     f"{a['steps_ratio']:.3f} | {w['trial_seconds']:.1f} → {w['trial_seconds_branched']:.1f} "
-                     f"({w['seconds_ratio']:.3f}) | {w['steps_ratio']:.3f} | {r['wall_seconds']['scratch']:.1f} → "
-                     f"{r['wall_seconds']['branched']:.1f} ({r['wall_ratio']:.3f}) | "
+                     f"{a['trial_cpu_seconds']:.1f} → {a['trial_cpu_seconds_branched']:.1f}, "
+                     f"**{a['cpu_seconds_ratio']:.3f}** [{a['seconds_ratio']:.3f}] | "
+                     f"{a['steps_ratio']:.3f} | {w['trial_cpu_seconds']:.1f} → {w['trial_cpu_seconds_branched']:.1f}, "
+                     f"**{w['cpu_seconds_ratio']:.3f}** [{w['seconds_ratio']:.3f}] | {w['steps_ratio']:.3f} | "
+                     f"{r['wall_seconds']['scratch']:.1f} → {r['wall_seconds']['branched']:.1f} | "
                      f"{r['exploit_over_explore_step']:.2f} | {r['eval_share_scratch']:.2f} |")
     lines += ["", "Goals: A cells branched ≤ 0.35× their from-scratch trial-seconds; whole grid ≤ 0.45×.", ""]
     for r in results:
-        lines += [f"## {r['grid']}", "", "| trial | trunk | branch step | s scratch | s branched | steps scratch | "
-                  "steps branched |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {r['grid']}", "", "| trial | trunk | branch step | CPU s scratch | CPU s branched | "
+                  "steps scratch | steps branched |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for p in r["per_trial"]:
             lines.append(f"| {p['label']} | {p['trunk'] or '—'} | {p['branch_step'] if p['branch_step'] is not None else '—'} | "
-                         f"{p['seconds_scratch']:.2f} | {p['seconds_branched']:.2f} | {p['steps_scratch']} | "
+                         f"{p['cpu_scratch']:.2f} | {p['cpu_branched']:.2f} | {p['steps_scratch']} | "
                          f"{p['steps_branched']} |")
         lines.append("")
     return "\n".join(lines)

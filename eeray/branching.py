@@ -266,9 +266,11 @@ class Ran:
     index: int
     result: Any
     seconds: float  # wall time of this trial's own run_trial call (setup included)
+    cpu_seconds: float  # CPU time of this process during that call (on a shared machine, the trial's own cost)
     steps_run: int  # optimizer steps on the data clock that this call executed (total − branch step)
     trunk: int | None = None
     branch_step: int | None = None
+    error: str | None = None  # the exception, when the trial failed (result is then None)
 
 
 def run_branched(configs: Sequence[TrialConfig], sink_for=None, *, store=None, branched: bool = True) -> list[Ran]:
@@ -276,7 +278,11 @@ def run_branched(configs: Sequence[TrialConfig], sink_for=None, *, store=None, b
     discarded once every branch at that step has started; ``store``: a :class:`BranchStateStore`, default in
     memory). ``branched=False`` runs every trial from scratch.
     ``sink_for(i)`` gives trial i's sink; a branch's sink receives only the rows after its branch step — its
-    prefix is the trunk's rows before it (:func:`prefix_rows`). Returns one :class:`Ran` per config, in order."""
+    prefix is the trunk's rows before it (:func:`prefix_rows`). Returns one :class:`Ran` per config, in order.
+
+    Failures: a trial that raises gets ``Ran.error`` and the study goes on. A trunk that fails after offering a
+    state still has its branches at that state run (their prefix is complete); the branches still waiting for a
+    later state fail with the trunk's reason. A failed branch leaves its siblings alone."""
     import time
 
     from eeray.records import NullSink
@@ -287,21 +293,32 @@ def run_branched(configs: Sequence[TrialConfig], sink_for=None, *, store=None, b
     spe = [steps_per_epoch_of(c) for c in configs]
     trees = plan_trees(configs, spe) if branched else [Tree(i) for i in range(len(configs))]
     out: dict[int, Ran] = {}
+
+    def attempt(i: int, steps_run: int, trunk: int | None, step: int | None, **kwargs) -> Ran:
+        t0, c0 = time.perf_counter(), time.process_time()
+        result, error = None, None
+        try:
+            result = run_trial(configs[i], **kwargs)
+        except Exception as exc:  # noqa: BLE001 — recorded; one trial's failure is not the study's
+            error = f"{type(exc).__name__}: {exc}"
+        return Ran(i, result, time.perf_counter() - t0, time.process_time() - c0, steps_run, trunk, step, error)
+
     for tree in trees:
         trunk_cfg = configs[tree.trunk]
         name = tree_id(trunk_cfg)
-        t0 = time.perf_counter()
-        result = run_trial(trunk_cfg, OfferingSink(sink_for(tree.trunk), store, name),
-                           branch_points=tree.branch_points)
         total = trunk_cfg.train.epochs * spe[tree.trunk]
-        out[tree.trunk] = Ran(tree.trunk, result, time.perf_counter() - t0, total)
-        waiting = {b: [i for i, s in tree.branches.items() if s == b] for b in tree.branch_points}
-        for step, members in waiting.items():
+        out[tree.trunk] = attempt(tree.trunk, total, None, None, branch_points=tree.branch_points,
+                                  sink=OfferingSink(sink_for(tree.trunk), store, name))
+        for step in tree.branch_points:
+            members = [i for i, s in tree.branches.items() if s == step]
+            if not store.has(name, step):  # the trunk failed before offering it
+                for i in members:
+                    out[i] = Ran(i, None, 0.0, 0.0, 0, tree.trunk, step,
+                                 f"trunk (trial {tree.trunk}) failed before branch step {step}: {out[tree.trunk].error}")
+                continue
             state = store.get(name, step)
             for i in members:
-                t0 = time.perf_counter()
-                result = run_trial(configs[i], sink_for(i), branch_from=state)
-                out[i] = Ran(i, result, time.perf_counter() - t0, total - step, tree.trunk, step)
+                out[i] = attempt(i, total - step, tree.trunk, step, sink=sink_for(i), branch_from=state)
             store.discard(name, step)
     return [out[i] for i in range(len(configs))]
 
@@ -316,6 +333,8 @@ def write_results(results_dir: str, study: str, names: Sequence[str], configs: S
     writer = ResultsWriter(results_dir, study)
     ids = [f"t{i:04d}" for i in range(len(configs))]
     for i, (cfg, r, sink) in enumerate(zip(configs, ran, sinks)):
+        if r.error is not None:
+            raise ValueError(f"trial {i} failed ({r.error}); write_results writes completed studies only")
         for table in ("steps", "diagnostics", "safety"):
             if sink.rows[table]:
                 writer.write_chunk(table, ids[i], "all", sink.rows[table], cfg.data.name)

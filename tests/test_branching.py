@@ -159,18 +159,23 @@ def test_a_trunk_resumes_from_its_own_branch_point(tree):
     _assert_same_run(rows, _params(resumed), trunk_sink.rows, _params(trunk), "trunk resumed")
 
 
+SINE = TrialConfig(data=DataConfig(name="sine", n_train=40, n_test=20), model=ModelConfig(fc_width=32),
+                  optim=OptimConfig(lr=0.1, momentum=0.9), ee=EEConfig(m_H=4, epsilon=1e-3),
+                  train=TrainConfig(epochs=6, batch_size=10),  # 4 steps per epoch, 24 in all
+                  diag=DiagConfig(alignment=True, every=1, unit="epochs", max_samples=20))
+
+
 def test_parquet_stores_each_prefix_once_and_load_gives_every_history_whole(tmp_path):
-    base = TrialConfig(data=DataConfig(name="sine", n_train=40, n_test=20), model=ModelConfig(fc_width=32),
-                       optim=OptimConfig(lr=0.1, momentum=0.9), ee=EEConfig(m_H=4, epsilon=1e-3),
-                       train=TrainConfig(epochs=6, batch_size=10),
-                       diag=DiagConfig(alignment=True, every=1, unit="epochs", max_samples=20))
+    base = SINE
     configs = [base.replace(**{"ee.enabled": False})] + \
         [base.replace(**{"ee.tau": t, "ee.epsilon": e}) for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
     names = ["Standard"] + [f"A tau0={t} eps={e:g}" for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
     loaded = {}
     for way in ("scratch", "branched"):
         sinks = [MemorySink() for _ in configs]
-        ran = branching.run_branched(configs, lambda i: sinks[i], branched=way == "branched")
+        store = branching.BranchStateStore(str(tmp_path / "states"))
+        ran = branching.run_branched(configs, lambda i: sinks[i], store=store, branched=way == "branched")
+        assert not any(p.is_file() for p in (tmp_path / "states").rglob("*"))  # each state dropped once used
         branching.write_results(str(tmp_path / way), "s", names, configs, ran, sinks)
         loaded[way] = (load(tmp_path / way, "s"), load(tmp_path / way, "s", expand_branches=False))
     (scratch, _), (branched, stored) = loaded["scratch"], loaded["branched"]
@@ -190,3 +195,31 @@ def test_parquet_stores_each_prefix_once_and_load_gives_every_history_whole(tmp_
         assert len(s) < len(a) or table == "safety", table
     keep = [c for c in scratch.trials.columns if "seconds" not in c and c not in ("trunk_trial_id", "branch_step")]
     assert scratch.trials[keep].equals(branched.trials[keep])
+
+
+def test_a_failed_trunk_fails_only_its_waiting_branches_and_a_failed_branch_only_itself(monkeypatch):
+    from eeray.trial import Trial
+
+    real = Trial._train_step
+
+    def flaky(self):
+        cell = (self.cfg.ee.tau, self.cfg.ee.epsilon)
+        if (cell == (0.75, 1e-3) and self.step == 15) or (cell == (0.5, 1e-5) and self.step == 14):
+            raise RuntimeError(f"lost at step {self.step}")
+        return real(self)
+
+    monkeypatch.setattr(Trial, "_train_step", flaky)
+    configs = [SINE.replace(**{"ee.tau": t, "ee.epsilon": e}) for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
+    sinks = [MemorySink() for _ in configs]
+    ran = branching.run_branched(configs, lambda i: sinks[i])
+    assert [r.trunk for r in ran] == [2, 2, None, 2] and [r.branch_step for r in ran] == [12, 12, None, 20]
+    assert ran[2].error == "RuntimeError: lost at step 15" and ran[2].result is None  # the trunk, after step 12
+    assert ran[1].error == "RuntimeError: lost at step 14"  # a branch of its own
+    assert ran[3].error == "trunk (trial 2) failed before branch step 20: RuntimeError: lost at step 15"
+    assert ran[3].steps_run == 0 and not any(sinks[3].rows.values())
+    assert ran[0].error is None  # its state was offered before the trunk failed: it ran, and exactly
+    monkeypatch.setattr(Trial, "_train_step", real)
+    alone = MemorySink()
+    ref = run_trial(configs[0], alone)
+    history = {t: prefix_rows(sinks[2].rows, 12).get(t, []) + sinks[0].rows[t] for t in TABLES}
+    _assert_same_run(history, _params(ran[0].result), alone.rows, _params(ref), "branch of a failed trunk")

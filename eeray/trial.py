@@ -4,6 +4,10 @@ A trial is a function of its config (ARCHITECTURE.md principle 1): no Ray import
 on a GPU box and under Tune. Data order is a pure function of (seed, epoch), augmentation randomness of
 (seed, step), and everything else random (init, dropout) comes from the global generator, whose state is in
 the checkpoint — so a run resumed from any checkpoint ends bitwise equal (CPU) to an uninterrupted one.
+
+The switch is the schedule's: each step the loop calls ``EEWrapper.before_step``, which switches when
+``PhaseSchedule.phase_at`` first says exploit. Branching (:mod:`eeray.branching`): a trunk offers its state at
+given branch steps, and a branch of another config continues from such a state — bitwise its run from scratch.
 """
 from __future__ import annotations
 

@@ -36,6 +36,7 @@ BRANCHES = {  # the trunk: τ0 = 0.75 (step 9), ε = 1e-2, G̃ = G
     "literal_tau_minus_1": dict(tau=7, tau_unit="steps", perturb_base="tau_minus_1"),
     "literal_tau_minus_1_at_trunk_tau": dict(perturb_base="tau_minus_1", epsilon=1e-3),
     "train_backbone_no_reset": dict(tau=0.5, exploit_backbone_mode="train", reset_optimizer_state=False),
+    "inverse_lipschitz_lr": dict(tau=0.5, exploit_optim=OptimConfig(lr_rule="inverse_lipschitz")),  # L̂ at θ^τ
 }
 
 DIAG = DiagConfig(alignment=True, every=1, unit="epochs", max_samples=16, assumption4=True)
@@ -74,7 +75,7 @@ def _run_tree(trunk_cfg, branch_cfgs):
         # the prefix by step is exactly what the trunk had emitted when it offered the state
         assert {t: len(r) for t, r in prefix.items()} == {t: n for t, n in kept.emitted.items() if t != "summary"}
         history = {t: prefix.get(t, []) + sink.rows[t] for t in TABLES}
-        out[name] = (history, _params(result), result)
+        out[name] = (history, _params(result), result, sink.rows, steps[name])
     return trunk_sink, trunk, out
 
 
@@ -108,7 +109,11 @@ def test_offering_branch_points_leaves_the_trunk_unchanged(tree):
 @pytest.mark.parametrize("name", [*BRANCHES, "lemma5_off"])
 def test_a_branch_is_bitwise_its_config_run_from_scratch(tree, name):
     trunk_cfg, branch_cfgs, (_, _, branches) = tree
-    history, params, result = branches[name]
+    history, params, result, own, step = branches[name]
+    # the shared prefix (its evaluations, the alignment reports and Q_T before τ, Assumption 4 at step 0) was
+    # computed by the trunk alone: the branch itself emitted nothing before its branch step
+    assert all(r["step"] >= step for t in ("steps", "diagnostics", "safety") for r in own[t])
+    assert not any(r["kind"] == "assumption4" for r in own["safety"])
     scratch = MemorySink()
     ref = run_trial(branch_cfgs[name], scratch)
     _assert_same_run(history, params, scratch.rows, _params(ref), name)

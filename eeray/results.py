@@ -12,6 +12,10 @@ written by different trials concatenate. Rows arrive in chunks that end at a tri
 file name is its (trial, checkpoint) key: a trial resumed from a checkpoint re-emits exactly the chunks after
 it under the same names, so a rewrite replaces, never duplicates (exactly-once rows under retries and resume).
 Writes go to a temporary file and are renamed into place: no half-written files.
+
+Branches (``eeray.branching``) are stored once: a branch's files hold only its rows from its ``branch_step`` on;
+the rows before it are its trunk's (``trunk_trial_id`` in ``trials``). :func:`load` puts the trunk's rows with
+``step < branch_step`` back under the branch's ``trial_id``, so every trial's history reads as if it ran alone.
 """
 from __future__ import annotations
 
@@ -59,7 +63,9 @@ SUMMARY_FIELDS = [
     ("memory_format", _S),
     # where it ran (JSON lists, one entry per attempt; docs/cluster.md): the node of each attempt, the nodes of
     # its diagnostic actors, and why each attempt before the last ended (a lost node, a lost actor, ...)
-    ("attempt_nodes", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I)]
+    ("attempt_nodes", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I),
+    # branching (eeray.branching): a branch's trunk and the step it left it at; null for a trial run from scratch
+    ("trunk_trial_id", _S), ("branch_step", _I)]
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -238,9 +244,35 @@ def columns(frame, names: Iterable[str]):
     return frame[names]
 
 
-def load(results_dir: str | os.PathLike, study: str) -> Results:
-    """``eeray.results.load("results", "width_sweep")`` -> trials, steps, diagnostics, safety DataFrames."""
+def load(results_dir: str | os.PathLike, study: str, *, expand_branches: bool = True) -> Results:
+    """``eeray.results.load("results", "width_sweep")`` -> trials, steps, diagnostics, safety DataFrames.
+
+    ``expand_branches``: each branch's rows include its shared prefix (its trunk's rows before ``branch_step``,
+    under the branch's ``trial_id``), as if it had run alone; False: the rows as stored, each prefix once."""
     if not (Path(results_dir) / study).is_dir():
         have = sorted(p.name for p in Path(results_dir).glob("*") if p.is_dir()) if Path(results_dir).is_dir() else []
         raise FileNotFoundError(f"no results for study '{study}' under {results_dir}; studies there: {have}")
-    return Results(*(load_table(results_dir, study, t) for t in PARQUET_TABLES))
+    trials = load_table(results_dir, study, "trials")
+    tables = {t: load_table(results_dir, study, t) for t in PARQUET_TABLES[1:]}
+    if expand_branches:
+        tables = {t: with_prefixes(trials, rows, ROW_ORDER[t]) for t, rows in tables.items()}
+    return Results(trials, *tables.values())
+
+
+def with_prefixes(trials, rows, order=("trial_id", "step", "phase")):
+    """``rows`` (steps, diagnostics or safety) plus, for every branch in ``trials``, its trunk's rows with
+    ``step < branch_step`` relabelled with the branch's trial_id. A branch whose trunk has no rows is an error."""
+    import pandas as pd
+
+    branches = trials[trials["trunk_trial_id"].notna()]
+    if branches.empty:
+        return rows
+    parts = [rows]
+    for trial_id, trunk, step in zip(branches["trial_id"], branches["trunk_trial_id"], branches["branch_step"]):
+        if not (trials["trial_id"] == trunk).any():
+            raise ValueError(f"branch {trial_id!r} names trunk {trunk!r}, which is not among the study's trials")
+        prefix = rows[(rows["trial_id"] == trunk) & (rows["step"] < step)].copy()
+        prefix["trial_id"] = trial_id
+        parts.append(prefix)
+    out = pd.concat(parts, ignore_index=True)
+    return out.sort_values(list(order), kind="stable").reset_index(drop=True)

@@ -4,6 +4,10 @@ A trial is a function of its config (docs/architecture.md principle 1): no Ray i
 on a GPU box and under Tune. Data order is a pure function of (seed, epoch), augmentation randomness of
 (seed, step), and everything else random (init, dropout) comes from the global generator, whose state is in
 the checkpoint — so a run resumed from any checkpoint ends bitwise equal (CPU) to an uninterrupted one.
+
+The switch is the schedule's: each step the loop calls ``EEWrapper.before_step``, which switches when
+``PhaseSchedule.phase_at`` first says exploit. Branching (:mod:`eeray.branching`): a trunk offers its state at
+given branch steps, and a branch of another config continues from such a state — bitwise its run from scratch.
 """
 from __future__ import annotations
 
@@ -12,13 +16,13 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
 
-from eeray import losses
-from eeray.config import TrialConfig, to_flat, validate
+from eeray import branching, losses
+from eeray.config import TrialConfig, from_flat, to_flat, validate
 from eeray.data import TrainingData, load_dataset
 from eeray.exploitation import FullBatchObjective, cached_features
 from eeray.graphed_step import GraphedTrainStep
@@ -42,12 +46,22 @@ class TrialResult:
     data: TrainingData
 
 
-def run_trial(config: TrialConfig, sink: Sink | None = None, checkpoint: dict | None = None) -> TrialResult:
-    """Train one trial end to end. ``checkpoint``: a state offered earlier to ``sink.checkpoint``."""
+def run_trial(config: TrialConfig, sink: Sink | None = None, checkpoint: dict | None = None, *,
+              branch_points: Iterable[int] = (), branch_from: dict | None = None) -> TrialResult:
+    """Train one trial end to end. ``checkpoint``: a state this config offered earlier to ``sink.checkpoint``.
+
+    Branching (:mod:`eeray.branching`): ``branch_points`` are steps at which this trial, as a trunk, offers its
+    state with reason ``"branch_point"`` (without switching); ``branch_from`` is such a state offered by another
+    config's trunk, from which this config continues as a branch — bitwise as if it had run from scratch,
+    because every field read before that step is equal (checked)."""
     validate(config)
-    trial = Trial(config, sink or NullSink())
+    if checkpoint is not None and branch_from is not None:
+        raise ValueError("run_trial takes a checkpoint (resume) or branch_from (a branch), not both")
+    trial = Trial(config, sink or NullSink(), branch_points=branch_points)
     if checkpoint is not None:
         trial.load_state_dict(checkpoint)
+    if branch_from is not None:
+        trial.load_branch_state(branch_from)
     return trial.run()
 
 
@@ -61,7 +75,7 @@ def pick_device(name: str) -> torch.device:
 
 
 class Trial:
-    def __init__(self, config: TrialConfig, sink: Sink):
+    def __init__(self, config: TrialConfig, sink: Sink, branch_points: Iterable[int] = ()):
         self.cfg, self.sink = config, sink
         t0 = time.perf_counter()
         self.device = pick_device(config.train.device)
@@ -93,6 +107,9 @@ class Trial:
         self._stepper = GraphedTrainStep(self.model, self._mean_loss, enabled=config.train.cuda_graphs)
         self.last_eval: dict[str, Any] = {}
         self.resumed = False
+        self._mid_step = False  # resumed from a branch point: the update that reached self.step is done, the
+        # evaluation / diagnostics / checkpoint that follow it are not
+        self.branch_points = branching.check_branch_points(config, branch_points, self.steps_per_epoch)
 
     # ----------------------------------------------------------------------- setup
     def _build_model(self) -> nn.Module:
@@ -121,32 +138,44 @@ class Trial:
     # ----------------------------------------------------------------------- loop
     def run(self) -> TrialResult:
         total = self.schedule.total_steps
-        if not self.resumed:
+        if self._mid_step:  # a branch point is taken between an update and what follows it
+            self._after_update(self.step - 1)
+        elif not self.resumed:
             self._evaluate()
             self.diag.at_start(self.step, self.wrapper.phase.value)
         while self.step < total:
-            if self.wrapper.schedule.tau_step == self.step and not self.wrapper.switched:
-                self._switch()
+            # the switch is the schedule's decision (PhaseSchedule.phase_at, through EEWrapper.before_step)
+            if self.wrapper.switch_due(self.step):
+                self._checkpoint("pre_switch")
+            perturbation = self.wrapper.before_step(self.step)
+            if perturbation is not None:
+                self._after_switch(perturbation)
             prev = self.step
-            if self.wrapper.switched and self._fullbatch_lbfgs():
+            if self._fullbatch_lbfgs():
                 self._timed(self._lbfgs_epoch)
                 self.step += self.steps_per_epoch - self.step % self.steps_per_epoch  # to the next epoch end
             else:
                 self._timed(self._train_step)
                 self.step += 1
-            if self._due(prev, self.step) or self.step == total or self.step == self.schedule.tau_step:
-                self._evaluate()
-            self.diag.after_step(self.step, self.wrapper.phase.value)
-            if self.step % self.steps_per_epoch == 0 and self.epoch % self.cfg.train.checkpoint_every_epochs == 0:
-                self._checkpoint("epoch")
+            if self.step in self.branch_points:
+                self._offer_branch_point()
+            self._after_update(prev)
         return self._finish()
+
+    def _after_update(self, prev: int) -> None:
+        """What follows the update that took the trial from step ``prev`` to ``self.step``."""
+        if self._due(prev, self.step) or self.step == self.schedule.total_steps or self.step == self.schedule.tau_step:
+            self._evaluate()
+        self.diag.after_step(self.step, self.wrapper.phase.value)
+        if self.step % self.steps_per_epoch == 0 and self.epoch % self.cfg.train.checkpoint_every_epochs == 0:
+            self._checkpoint("epoch")
 
     def _due(self, prev: int, step: int) -> bool:
         every = self.cfg.train.eval_every * (self.steps_per_epoch if self.cfg.train.eval_unit == "epochs" else 1)
         return prev // every != step // every
 
     def _timed(self, fn) -> None:
-        key = f"{self.wrapper.phase.value}_seconds"
+        key = f"{self.schedule.phase_at(self.step).value}_seconds"
         t0 = time.perf_counter()
         fn()
         if self.device.type == "cuda" and self.step % self.steps_per_epoch == self.steps_per_epoch - 1:
@@ -206,9 +235,7 @@ class Trial:
         self._batch_loss += value.detach().double()
         self._batch_count += 1
 
-    def _switch(self) -> None:
-        self._checkpoint("pre_switch")
-        pert = self.wrapper.switch()
+    def _after_switch(self, pert) -> None:
         counts = self.wrapper.trainable_counts()
         self.sink.emit("events", {"event": "phase_switch", "step": self.step, "epoch": self.epoch,
                                   **pert.to_record(), **counts})
@@ -219,6 +246,13 @@ class Trial:
     def _checkpoint(self, reason: str) -> None:
         self.diag.flush()  # every row up to this step is emitted before the state that follows it is offered
         self.sink.checkpoint(self.state_dict, step=self.step, epoch=self.epoch, reason=reason)
+
+    def _offer_branch_point(self) -> None:
+        """The state right after the update that reached this step, before its evaluation: every row emitted so
+        far has step < self.step, and whatever follows may depend on the branch's own τ (its evaluation at τ)."""
+        self.diag.flush()
+        self.sink.checkpoint(lambda: {**self.state_dict(), "mid_step": True}, step=self.step, epoch=self.epoch,
+                             reason=branching.BRANCH_POINT)
 
     # ----------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -283,6 +317,23 @@ class Trial:
         if state["config"] != to_flat(self.cfg):
             diff = {k: (v, state["config"].get(k)) for k, v in to_flat(self.cfg).items() if state["config"].get(k) != v}
             raise ValueError(f"checkpoint was written by a different config; differing fields (now, then): {diff}")
+        self._load(state)
+
+    def load_branch_state(self, state: dict[str, Any]) -> None:
+        """Continue from another config's branch-point state (its trunk): allowed when every exploration field is
+        equal and the state is at this config's branch step (:func:`eeray.branching.check_branch_state`)."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}")
+        branching.check_branch_state(from_flat(state["config"]), self.cfg, step=state["step"],
+                                     mid_step=bool(state.get("mid_step")), switched=state["wrapper"]["switched"],
+                                     steps_per_epoch=self.steps_per_epoch)
+        # the trunk's perturbation seed was never used (it has not switched); the branch switches with its own
+        self._load({**state, "wrapper": {**state["wrapper"], "perturb_seed": self.wrapper.perturb_seed}})
+
+    def _load(self, state: dict[str, Any]) -> None:
+        # a copy: the caller may hand the same state to several branches, and loading aliases CPU tensors (the
+        # batch-loss accumulator, optimizer buffers) that training then updates in place
+        state = copy.deepcopy(state)
         self.model.load_state_dict(state["model"])
         self.wrapper.load_state_dict(state["wrapper"])
         torch.set_rng_state(state["rng_cpu"])
@@ -294,6 +345,7 @@ class Trial:
         self.diag.load_state_dict(state["diag"])
         self._stepper.reset()  # captured graphs point at the optimizer state tensors just replaced
         self.resumed = True
+        self._mid_step = bool(state.get("mid_step", False))
 
     # ----------------------------------------------------------------------- end
     def _finish(self) -> TrialResult:

@@ -171,12 +171,16 @@ class EEWrapper:
     def phase(self) -> Phase:
         return Phase.EXPLOIT if self.switched else Phase.EXPLORE
 
-    def before_step(self, step: int) -> bool:
-        """Switch when ``step`` reaches τ. Returns True when the switch happened now."""
-        if not self.switched and self.schedule.tau_step is not None and step >= self.schedule.tau_step:
-            self.switch()
-            return True
-        return False
+    def switch_due(self, step: int) -> bool:
+        """True when the update at ``step`` belongs to exploitation (``schedule.phase_at``) but the switch has
+        not happened yet: the next :meth:`before_step` switches. The loop offers its pre-switch state here."""
+        return not self.switched and self.schedule.phase_at(step) is Phase.EXPLOIT
+
+    def before_step(self, step: int) -> Perturbation | None:
+        """Call before the update at ``step``: switches when ``schedule.phase_at(step)`` first says exploit.
+        Returns the perturbation when the switch happened now, else None. ``eeray.trial`` drives every switch
+        through this call."""
+        return self.switch() if self.switch_due(step) else None
 
     def switch(self) -> Perturbation:
         """Lines 8–9: perturb every trainable parameter, freeze the gate at θ^τ, then train θ_(H−1) only."""

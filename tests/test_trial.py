@@ -46,6 +46,22 @@ def test_resume_from_before_and_after_the_switch_is_bitwise_equal(ee):
         assert resumed.summary["final_train_loss"] == ref.summary["final_train_loss"]
 
 
+def test_the_loop_switches_where_the_schedule_says(monkeypatch):
+    """The loop asks PhaseSchedule.phase_at (through EEWrapper.before_step) when to switch: moving the schedule's
+    answer moves the switch, its event, the phase of the rows and the phase timers."""
+    from eeray.wrapper import Phase, PhaseSchedule
+
+    monkeypatch.setattr(PhaseSchedule, "phase_at", lambda self, step: Phase.EXPLOIT if step >= 4 else Phase.EXPLORE)
+    sink = MemorySink()
+    run_trial(lenet_cfg(), sink)  # τ would be step 6
+    (event,) = sink.rows["events"]
+    assert event["step"] == 4
+    steps = sink.frame("steps")
+    assert steps[steps.step == 4].phase.tolist() == ["explore", "exploit"]
+    assert set(steps[steps.step > 4].phase) == {"exploit"}
+    assert steps.exploit_seconds.iloc[-1] > 0 and steps[steps.step == 4].exploit_seconds.iloc[0] == 0
+
+
 def test_records_switch_event_and_summary():
     sink = MemorySink()
     result = run_trial(lenet_cfg(), sink)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -34,23 +35,84 @@ ALIASES = {**TRIAL_NAME_ALIASES, "data.n_train": "n"}
 METHOD_KEYS = ("cfg.ee.enabled", "cfg.ee.exploit_optim.name")
 
 
+RESULTS_ENV = "EERAY_RESULTS_DIR"
+
+
+def default_results_dir(start: str | os.PathLike | None = None) -> Path:
+    """Where a notebook or script finds the results: ``$EERAY_RESULTS_DIR`` when set; else the first ``results``
+    directory in the working directory or above it (a notebook opened from ``analysis/`` finds the repository's
+    ``results``); else ``results`` at the repository root (the first folder above holding ``pyproject.toml``),
+    else ``./results``. The studies write to ``./results`` unless given ``--results-dir``."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results").is_dir():
+            return folder / "results"
+    root = next((f for f in (here, *here.parents) if (f / "pyproject.toml").is_file()), None)
+    return (root or here) / "results"
+
+
 def load_results(results_dir: str | os.PathLike, study: str) -> Results:
     """``eeray.results.load`` with a clear error when the study has no trials yet."""
     res = load(results_dir, study)
     if res.trials.empty:
         raise ValueError(f"results_dir {str(results_dir)!r} has no trials for study {study!r} (nothing under "
-                         f"{os.path.join(str(results_dir), study, 'trials')}); run `python studies/{study}.py` first")
+                         f"{os.path.join(str(results_dir), study, 'trials')}); run `python studies/{study}.py` "
+                         f"first, or point {RESULTS_ENV} at the --results-dir it wrote to")
     return res
 
 
 # --------------------------------------------------------------------------- labels
-def method_of(trials: pd.DataFrame) -> pd.Series:
-    """'standard' (no EE), 'A(standard)' (EE with G̃ = G) or 'A(standard), G̃=<name>' (another exploit optimizer)."""
+# One vocabulary for the variants everywhere a reader meets them: the labels trial names start with ("standard",
+# "ee c=0.5"), which the console, MLflow and the Parquet trial names show, are the report's and notebooks' labels too.
+STANDARD, EE = "standard", "ee"
+
+
+def family_of(trials: pd.DataFrame) -> pd.Series:
+    """'standard' or 'ee': the model family. EE models carry m_y hidden heads, so their parameter counts d are not
+    comparable with the standard models' (width sweep: 2.3k–27k against 68k–272k); size statistics are per family."""
     enabled = trials.get("cfg.ee.enabled", pd.Series(False, index=trials.index)).fillna(False).astype(bool)
+    return pd.Series(np.where(enabled, EE, STANDARD), index=trials.index, name="family")
+
+
+def method_of(trials: pd.DataFrame) -> pd.Series:
+    """'standard' (no EE), 'ee' (EE with G̃ = G) or 'ee, G̃=<name>' (another exploit optimizer)."""
     other = trials.get("cfg.ee.exploit_optim.name", pd.Series(None, index=trials.index))
-    labels = ["A(standard)" + (f", G̃={o}" if isinstance(o, str) and o else "") if e else "standard"
-              for e, o in zip(enabled, other)]
+    labels = [EE + (f", G̃={o}" if isinstance(o, str) and o else "") if f == EE else STANDARD
+              for f, o in zip(family_of(trials), other)]
     return pd.Series(labels, index=trials.index, name="method")
+
+
+def _grid_suffix_length(names: Iterable[str]) -> int:
+    """How many trailing ``key=value`` tokens every trial name ends with under the same keys: the grid axes the
+    study crossed its variants with (``"ee c=0.5 data=digits16 m_c=1 seed=0"`` and ``"standard data=… m_c=… seed=…"``
+    share ``data, m_c, seed``). What precedes them is the variant label."""
+    suffixes = []
+    for name in names:
+        keys = []
+        for token in reversed(str(name).split(" ")):
+            if "=" not in token:
+                break
+            keys.append(token.split("=", 1)[0])
+        suffixes.append(keys)
+    if not suffixes:
+        return 0
+    n = 0
+    while all(len(k) > n for k in suffixes) and len({k[n] for k in suffixes}) == 1:
+        n += 1
+    return n
+
+
+def variant_of(trials: pd.DataFrame) -> pd.Series:
+    """The study's variant label of each trial, as its trial name starts with it (``"ee c=0.5"``, ``"standard"``,
+    ``"A(GD)"``): the trial name without the grid axes every name ends with (:func:`_grid_suffix_length`). A study
+    without variant labels gets the family ('standard' / 'ee'). These are the rows of Fig.-1 style figures and the
+    columns of the mean (std) tables."""
+    names = trials["trial_name"].astype(str)
+    k = _grid_suffix_length(names)
+    labels = [" ".join(n.split(" ")[:len(n.split(" ")) - k]) for n in names]
+    return pd.Series([lab or fam for lab, fam in zip(labels, family_of(trials))], index=trials.index, name="variant")
 
 
 def setting_columns(trials: pd.DataFrame) -> list[str]:
@@ -79,13 +141,6 @@ def setting_of(trials: pd.DataFrame, columns: Iterable[str] | None = None) -> pd
                             if ee or not c.startswith("cfg.ee.")]
         labels.append(" ".join(parts))
     return pd.Series(labels, index=trials.index, name="setting")
-
-
-def variant_of(trials: pd.DataFrame) -> pd.Series:
-    """The method plus the EE knobs (``cfg.ee.*``) that vary among EE trials, e.g. 'A(standard) c=0.5': the rows
-    of a Fig.-1 style figure, whose panels then show the remaining axes (dataset, m_c, seed)."""
-    ee_cols = [c for c in setting_columns(trials) if c.startswith("cfg.ee.")]
-    return setting_of(trials, ee_cols).rename("variant")
 
 
 # --------------------------------------------------------------------------- alignment from diagnostics
@@ -171,7 +226,7 @@ def lemma5_ranks(safety: pd.DataFrame) -> pd.DataFrame:
 
 def trial_measures(results: Results) -> pd.DataFrame:
     """Size, alignment and outcome per trial (one row per trial, index trial_id): labels (trial_name, dataset,
-    status, seed, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5 check
+    status, seed, family, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5 check
     at θ^τ (``lemma5_*``, NaN without one), then the flattened config (``cfg.*``). Raises ValueError for results
     without trials."""
     t = results.trials
@@ -181,7 +236,7 @@ def trial_measures(results: Results) -> pd.DataFrame:
     arch = t.get("cfg.model.arch", pd.Series("", index=t.index))
     out = pd.DataFrame({
         "trial_name": t["trial_name"], "dataset": t["dataset"], "status": t["status"], "seed": t["cfg.seed"],
-        "method": method_of(t), "variant": variant_of(t), "setting": setting_of(t),
+        "family": family_of(t), "method": method_of(t), "variant": variant_of(t), "setting": setting_of(t),
         "d": t["d"].astype(float), "m_c": t["cfg.model.lenet_mc"].where(arch == "lenet").astype(float),
         "m_H": t["m_H"].astype(float), "n": t["n"].astype(float), "m_y": t["m_y"].astype(float)})
     out["d_over_nmy"] = out["d"] / (out["n"] * out["m_y"])

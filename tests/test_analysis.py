@@ -198,6 +198,13 @@ def test_variant_is_the_label_trial_names_start_with():
     assert analysis.method_of(t).tolist() == ["standard", "ee", "ee"]
     sine = pd.DataFrame({"trial_name": ["GD layers=2 seed=0", "A(GD) layers=3 seed=1"], "cfg.ee.enabled": [False, True]})
     assert analysis.variant_of(sine).tolist() == ["GD", "A(GD)"]
+    # the optimizer sweep: the standard variant pins tau0 and eps, so its names lack those axes
+    opt = pd.DataFrame({"trial_name": ["standard lr=0.1 seed=0", "G~=SGD lr=0.1 tau0=0.5 eps=0.001 seed=0",
+                                       "G~=L-BFGS lr=0.01 tau0=0.5 eps=0.001 seed=0"],
+                        "cfg.ee.enabled": [False, True, True]})
+    assert analysis.variant_of(opt).tolist() == ["standard", "G~=SGD", "G~=L-BFGS"]
+    one = pd.DataFrame({"trial_name": ["A(GD) layers=2 seed=0", "A(GD) layers=3 seed=1"], "cfg.ee.enabled": [True] * 2})
+    assert analysis.variant_of(one).tolist() == ["A(GD)", "A(GD)"]
     bare = pd.DataFrame({"trial_name": ["m_c=1 seed=0", "m_c=2 seed=0"], "cfg.ee.enabled": [False, False]})
     assert analysis.variant_of(bare).tolist() == ["standard", "standard"]  # no variant labels: the family
 

@@ -84,34 +84,60 @@ def method_of(trials: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=trials.index, name="method")
 
 
-def _grid_suffix_length(names: Iterable[str]) -> int:
-    """How many trailing ``key=value`` tokens every trial name ends with under the same keys: the grid axes the
-    study crossed its variants with (``"ee c=0.5 data=digits16 m_c=1 seed=0"`` and ``"standard data=… m_c=… seed=…"``
-    share ``data, m_c, seed``). What precedes them is the variant label."""
-    suffixes = []
-    for name in names:
-        keys = []
-        for token in reversed(str(name).split(" ")):
-            if "=" not in token:
-                break
-            keys.append(token.split("=", 1)[0])
-        suffixes.append(keys)
-    if not suffixes:
-        return 0
+def _trailing_keys(name: str) -> list[str]:
+    """Keys of the trailing ``key=value`` tokens of a trial name, last first."""
+    keys = []
+    for token in reversed(str(name).split(" ")):
+        if "=" not in token:
+            break
+        keys.append(token.split("=", 1)[0])
+    return keys
+
+
+def _common_suffix(key_lists: list[list[str]]) -> list[str]:
     n = 0
-    while all(len(k) > n for k in suffixes) and len({k[n] for k in suffixes}) == 1:
+    while key_lists and all(len(k) > n for k in key_lists) and len({k[n] for k in key_lists}) == 1:
         n += 1
-    return n
+    return key_lists[0][:n] if key_lists else []
+
+
+def _unlabelled(names: list[str]) -> bool:
+    """Names without a variant label: every name starts with an axis, the same one (``m_c=1 seed=0``)."""
+    firsts = [n.split(" ", 1)[0] for n in names]
+    return all("=" in f for f in firsts) and len({f.split("=", 1)[0] for f in firsts}) == 1
+
+
+def grid_keys(names: Iterable[str]) -> set[str]:
+    """The keys of the grid axes in trial names (``label key=value ...``; the label's first word is never an axis).
+    Trials whose names start with the same word share their grid axes as a common suffix; a variant can pin an axis
+    (then its names lack it) and a label can end in ``key=value`` itself (``ee c=0.5``), so an axis is a key in the
+    common suffix of at least two such groups (of the only group, when there is one)."""
+    names = [str(n) for n in names]
+    groups: dict[str, list[list[str]]] = {}
+    for n in names:
+        first, _, rest = n.partition(" ")
+        groups.setdefault(first, []).append(_trailing_keys(rest) if rest else [])
+    suffixes = [set(_common_suffix(lists)) for lists in groups.values()]
+    if len(suffixes) == 1:
+        return suffixes[0]
+    return {k for s in suffixes for k in s if sum(k in t for t in suffixes) >= 2}
 
 
 def variant_of(trials: pd.DataFrame) -> pd.Series:
     """The study's variant label of each trial, as its trial name starts with it (``"ee c=0.5"``, ``"standard"``,
-    ``"A(GD)"``): the trial name without the grid axes every name ends with (:func:`_grid_suffix_length`). A study
-    without variant labels gets the family ('standard' / 'ee'). These are the rows of Fig.-1 style figures and the
-    columns of the mean (std) tables."""
+    ``"G~=SGD"``, ``"A(GD)"``): the trial name without its trailing grid axes (:func:`grid_keys`). A study without
+    variant labels gets the family ('standard' / 'ee'). These are the rows of Fig.-1 style figures and the columns
+    of the mean (std) tables."""
     names = trials["trial_name"].astype(str)
-    k = _grid_suffix_length(names)
-    labels = [" ".join(n.split(" ")[:len(n.split(" ")) - k]) for n in names]
+    axes = grid_keys(names)
+    labels = []
+    for n in names:
+        tokens = n.split(" ")
+        while len(tokens) > 1 and "=" in tokens[-1] and tokens[-1].split("=", 1)[0] in axes:
+            tokens.pop()
+        labels.append(" ".join(tokens))
+    if _unlabelled(list(names)):
+        labels = [""] * len(labels)
     return pd.Series([lab or fam for lab, fam in zip(labels, family_of(trials))], index=trials.index, name="variant")
 
 

@@ -13,7 +13,8 @@ The last layers are found by running one example batch with forward hooks, and t
 the replaced layers become identities the body must output exactly the recorded z̄. When that fails (say the
 forward applies ``F.relu`` between the layers, or reads ``self.fc.out_features``) — or any other check refuses —
 the model is left exactly as it was and the error says what was found and what to pass; every hint names an
-argument the caller has not passed yet. Parameters are labelled ``body`` (θ_(1:H−2)), ``hidden`` (θ_(H−1)) and ``head`` (θ_(H)).
+argument the caller has not passed yet. Parameters are labelled ``body`` (θ_(1:H−2)), ``hidden`` (θ_(H−1)) and
+``head`` (θ_(H)).
 """
 from __future__ import annotations
 

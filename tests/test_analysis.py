@@ -165,7 +165,12 @@ def test_errors_name_the_argument_and_what_is_valid(tmp_path):
 
 @pytest.mark.slow
 def test_measures_agree_with_what_the_trials_logged(width_smoke):
-    results_dir, _ = width_smoke
+    results_dir, stdout = width_smoke
+    # the run's summary: per dataset and family, a single seed cannot give a stable verdict, and says so
+    summary = pd.read_csv(results_dir / "width_sweep" / "summary.csv")
+    assert summary[["dataset", "family"]].values.tolist() == [["digits16", "ee"], ["digits16", "standard"],
+                                                             ["random16", "ee"], ["random16", "standard"]]
+    assert summary["verdict"].str.startswith("not stable: 1 seed(s): too few").all() and "stability" in stdout
     res = load(results_dir, "width_sweep")
     m = analysis.trial_measures(res)
     t = res.trials.set_index("trial_id").loc[m.index]
@@ -196,7 +201,8 @@ def test_variant_is_the_label_trial_names_start_with():
     assert analysis.variant_of(t).tolist() == ["standard", "ee c=0.5", "ee c=2"]
     assert analysis.family_of(t).tolist() == ["standard", "ee", "ee"]
     assert analysis.method_of(t).tolist() == ["standard", "ee", "ee"]
-    sine = pd.DataFrame({"trial_name": ["GD layers=2 seed=0", "A(GD) layers=3 seed=1"], "cfg.ee.enabled": [False, True]})
+    sine = pd.DataFrame({"trial_name": ["GD layers=2 seed=0", "A(GD) layers=3 seed=1"],
+                         "cfg.ee.enabled": [False, True]})
     assert analysis.variant_of(sine).tolist() == ["GD", "A(GD)"]
     # the optimizer sweep: the standard variant pins tau0 and eps, so its names lack those axes
     opt = pd.DataFrame({"trial_name": ["standard lr=0.1 seed=0", "G~=SGD lr=0.1 tau0=0.5 eps=0.001 seed=0",
@@ -267,3 +273,21 @@ def test_batched_partials_equal_the_estimates():
     want = np.array([estimates(*xi.T)[3:5] for xi in x])
     np.testing.assert_allclose(got[:5], want[:5], rtol=1e-10, atol=1e-12)
     assert np.isnan(got[5]).all() and np.isnan(want[5]).all()
+
+
+def test_the_width_sweep_summary_states_a_verdict_with_its_stability():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("width_sweep", ROOT / "studies" / "width_sweep.py")
+    width_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(width_sweep)
+    table = width_sweep.summarize(planted_results("alignment", seeds=range(12), widths=range(1, 9)))
+    assert list(table.columns) == ["dataset", "family", "trials", "seeds", "error ~ alignment | size",
+                                   "error ~ size | alignment", "stability", "verdict"]
+    row = table.iloc[0]
+    assert (row["dataset"], row["family"], row["trials"], row["seeds"]) == ("random16", "standard", 96, 12)
+    share = int(row["stability"].rstrip("%")) / 100
+    assert row["verdict"].startswith("error follows alignment;" if share >= analysis.STABLE_SHARE
+                                     else "not stable: only")

@@ -1,8 +1,8 @@
 """The MLflow UI as users see it: a real ``mlflow server`` over the width-sweep smoke store, opened in headless
 Chromium. MLflow 3.17's React UI shows the study's parent run with its child runs folded under it in the
 experiment's runs table (nested rows are only used in the default date order), all runs as flat rows when sorted by
-name, the child runs listed on the parent run's page, and the parent linked from every child's page; the experiment in the
-classic model-training view, and a trial's metric charts drawn (plotted lines, not loading placeholders)."""
+name, the child runs listed on the parent run's page, and the parent linked from every child's page; the experiment
+in the classic model-training view, and a trial's metric charts drawn (plotted lines, not loading placeholders)."""
 import contextlib
 import fcntl
 import json

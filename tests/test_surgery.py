@@ -322,8 +322,8 @@ def test_no_fc_hint_without_num_outputs_then_with_it():
 
 def test_an_example_the_model_rejects_is_a_surgery_error_naming_the_shape():
     model = LeNet(1, 10)
-    _refuse(model, torch.randn(2, 1, 16, 16)[:, :, :5], probe=torch.randn(2, 1, 16, 16), match=r"forward\(\) failed on the example batch of shape "
-            r"\(2, 1, 5, 16\).*x_train\[:2\]", m_H=2)
+    _refuse(model, torch.randn(2, 1, 16, 16)[:, :, :5], probe=torch.randn(2, 1, 16, 16),
+            match=r"forward\(\) failed on the example batch of shape \(2, 1, 5, 16\).*x_train\[:2\]", m_H=2)
     assert to_ee_model(model, torch.randn(2, 1, 16, 16), m_H=2).info.mode == "two_fc"
 
 

@@ -70,8 +70,9 @@ STANDARD, EE = "standard", "ee"
 
 
 def family_of(trials: pd.DataFrame) -> pd.Series:
-    """'standard' or 'ee': the model family. EE models carry m_y hidden heads, so their parameter counts d are not
-    comparable with the standard models' (width sweep: 2.3k–27k against 68k–272k); size statistics are per family."""
+    """'standard' or 'ee': the model family. The EE head replaces the last layers by m_y heads of width m_H, so
+    parameter counts d are not comparable across families (width sweep, laptop: EE 2.3k–7.9k, standard 68k–1.1M)
+    and pooled, size would partly encode the family; size statistics are per family."""
     enabled = trials.get("cfg.ee.enabled", pd.Series(False, index=trials.index)).fillna(False).astype(bool)
     return pd.Series(np.where(enabled, EE, STANDARD), index=trials.index, name="family")
 
@@ -252,9 +253,9 @@ def lemma5_ranks(safety: pd.DataFrame) -> pd.DataFrame:
 
 def trial_measures(results: Results) -> pd.DataFrame:
     """Size, alignment and outcome per trial (one row per trial, index trial_id): labels (trial_name, dataset,
-    status, seed, family, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5 check
-    at θ^τ (``lemma5_*``, NaN without one), then the flattened config (``cfg.*``). Raises ValueError for results
-    without trials."""
+    status, seed, family, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5
+    check at θ^τ (``lemma5_*``, NaN without one), then the flattened config (``cfg.*``). Raises ValueError for
+    results without trials."""
     t = results.trials
     if t.empty:
         raise ValueError("results has no trials: run the study first (eeray.results.load returned an empty table)")

@@ -109,10 +109,10 @@ def verdict(ctx: Context) -> str:
                     "the family): rank partial correlations (partial Spearman) with 95% percentile "
                     f"intervals from a cluster bootstrap that resamples seeds ({ctx.n_boot} resamples, "
                     f"seed {ctx.seed}). An association <i>survives</i> when its interval excludes 0."), warn,
-        h.paragraph(f"<b>Stability</b>: the share of {resamples} simulated reruns — the seeds drawn with replacement, "
-                    "each rerun judged by its own seed bootstrap — that reach the same verdict (a double cluster "
-                    f"bootstrap). Below {stats.STABLE_SHARE:.0%} the verdict is reported as not stable instead of "
-                    "being stated."),
+        h.paragraph(f"<b>Stability</b>: the share of {resamples} simulated reruns — the seeds drawn with "
+                    "replacement, each rerun judged by its own seed bootstrap — that reach the same verdict (a "
+                    f"double cluster bootstrap). Below {stats.STABLE_SHARE:.0%} the verdict is reported as not "
+                    "stable instead of being stated."),
         h.table(survival, "survival", "Which association survives controlling for the other, and how stable "
                 "that answer is", row_ids=[", ".join(map(str, k)) for k in survival.index]),
         ctx.figure(plots.plot_partial_intervals(assoc, by=stats.BY),

@@ -135,7 +135,8 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
 
     ``measures`` is :func:`eeray.analysis.trial_measures`' table (or any frame with these columns); ``by`` splits
     it: per dataset (docs/paper-choices.md (F41)) and per model family, since standard and EE parameter counts are
-    not comparable (pass ``by=("dataset",)`` to pool the families, and say so); rows with a missing value in the three columns are left out (failed trials)."""
+    not comparable (pass ``by=("dataset",)`` to pool the families, and say so); rows with a missing value in the
+    three columns are left out (failed trials)."""
     for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
                      *(("by", b) for b in by)):
         if col not in measures.columns:

@@ -59,9 +59,21 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+# The experiment's kind as MLflow's UI stores it (the tag its kind selector writes): studies train models. MLflow
+# 3.17's UI picks the page layout from its global GenAI / Model-training switch instead (the ``workflowType`` URL
+# parameter, else the browser's last choice, default GenAI), so the classic view is also asked for in the URL.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def classic_view_url(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs page in MLflow's classic model-training view (not the GenAI traces overview)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def ui_command(tracking_uri: str, port: int = 5000) -> str:
     if tracking_uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}"
+        return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}  (in the sidebar "
+                "choose 'Model training', not 'GenAI': MLflow remembers it)")
     return f"open {tracking_uri} in a browser (on a cluster through an SSH tunnel: docs/cluster.md)"
 
 
@@ -102,7 +114,8 @@ class MlflowTracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None

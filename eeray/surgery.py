@@ -11,8 +11,10 @@ with one hidden head W^(H−1,j) ∈ R^{m_H × m_{H−1}} per output j, and afte
 
 The last layers are found by running one example batch with forward hooks, and the result is checked: after
 the replaced layers become identities the body must output exactly the recorded z̄. When that fails (say the
-forward applies ``F.relu`` between the layers) nothing is changed and the error says what was found and what
-to pass. Parameters are labelled ``body`` (θ_(1:H−2)), ``hidden`` (θ_(H−1)) and ``head`` (θ_(H)).
+forward applies ``F.relu`` between the layers, or reads ``self.fc.out_features``) — or any other check refuses —
+the model is left exactly as it was and the error says what was found and what to pass; every hint names an
+argument the caller has not passed yet. Parameters are labelled ``body`` (θ_(1:H−2)), ``hidden`` (θ_(H−1)) and
+``head`` (θ_(H)).
 """
 from __future__ import annotations
 
@@ -180,7 +182,7 @@ def resolve_m_H(m_H: int | None, m_H_factor: float | None, n: int | None, m_H_mi
 
 
 # --------------------------------------------------------------------------- surgery
-@dataclass
+@dataclass(eq=False)  # identity: list.index() must not compare the recorded tensors (a module may run twice)
 class _Call:
     name: str
     module: nn.Module
@@ -189,6 +191,8 @@ class _Call:
 
 
 def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], object]:
+    """The leaf-module calls of one no-grad eval-mode forward, and its output. Every module's train/eval flag is
+    put back as it was (``model.train(was)`` would also flip submodules deliberately kept in eval mode)."""
     calls: list[_Call] = []
     names = {id(m): n for n, m in model.named_modules()}
     handles = []
@@ -197,13 +201,14 @@ def _trace(model: nn.Module, example: torch.Tensor) -> tuple[list[_Call], object
             handles.append(m.register_forward_hook(
                 lambda mod, args, out: calls.append(
                     _Call(names[id(mod)], mod, args[0] if args and torch.is_tensor(args[0]) else None, out))))
-    was_training = model.training
+    flags = [(m, m.training) for m in model.modules()]
     try:
         model.eval()  # BN running stats, no dropout: the trace must not change the model
         with torch.no_grad():
             out = model(example)
     finally:
-        model.train(was_training)
+        for m, was_training in flags:
+            m.training = was_training
         for h in handles:
             h.remove()
     return calls, out
@@ -249,6 +254,9 @@ def to_ee_model(base: nn.Module, example: torch.Tensor, *, m_H: int | None = Non
                 last_layers: tuple[str, ...] | None = None) -> EEModel:
     """Turn ``base`` into the EE model of eqs 16–18. ``base`` is modified in place and becomes the body.
 
+    A refusal (:class:`SurgeryError`) leaves ``base`` exactly as it was: every check that can fail runs before
+    the first module is replaced, and the replaced modules are put back when the verification fails or raises.
+
     Args:
       example: one input batch (B >= 1), used to find and verify the last layers.
       m_H / m_H_factor / n: the head width, given or by ⌈c·n/m_{H−1}⌉ (see :func:`resolve_m_H`).
@@ -260,55 +268,93 @@ def to_ee_model(base: nn.Module, example: torch.Tensor, *, m_H: int | None = Non
     if getattr(base, _MARK, False):
         raise SurgeryError("this model has already been through EE surgery; surgery runs once per model "
                            "(build a fresh base model for another EE model)")
-    calls, out = _trace(base, example)
+    if num_outputs is not None and not (isinstance(num_outputs, int) and num_outputs >= 1):
+        raise SurgeryError(f"num_outputs = {num_outputs!r} is invalid: must be an integer >= 1 (m_y)")
+    try:
+        calls, out = _trace(base, example)
+    except Exception as exc:  # the model's own forward failed: say so before anything is changed
+        shape = tuple(example.shape) if torch.is_tensor(example) else type(example).__name__
+        raise SurgeryError(f"the model's forward() failed on the example batch of shape {shape}, so its last "
+                           f"layers cannot be found: {type(exc).__name__}: {exc}. Pass an example batch the "
+                           "model accepts (x_train[:2])") from exc
     if last_layers is None:
         mode, chosen = _find_last_layers(calls, out)
     else:
         mode, chosen = _calls_named(calls, out, tuple(last_layers))
     if mode == "no_fc" and num_outputs is None:
-        raise SurgeryError(f"no fully-connected last layer found ({_describe(calls, out)}), so two FC layers "
-                           "are added on the flattened output, and the number of outputs must be given: pass "
-                           "num_outputs=m_y, or last_layers=('name_of_penultimate_fc', 'name_of_last_fc')")
+        alternative = "" if last_layers is not None else \
+            ", or last_layers=('name_of_penultimate_fc', 'name_of_last_fc') if the model has them"
+        raise SurgeryError(f"no fully-connected last layer {'asked for' if last_layers is not None else 'found'} "
+                           f"({_describe(calls, out)}), so two FC layers are added on the flattened output, and "
+                           f"the number of outputs must be given: pass num_outputs=m_y{alternative}")
+    m_y = int(num_outputs if num_outputs is not None or mode == "no_fc" else chosen[-1].module.out_features)
+    add_on_output = f"pass last_layers=() and num_outputs={m_y} to keep the whole network as the body and add " \
+                    "two FC layers on its output"
     for c in chosen:
         if sum(1 for d in calls if d.module is c.module) != 1:
+            if c.module is chosen[-1].module or mode == "one_fc":  # replacing only the last layer cannot help
+                raise SurgeryError(f"the last layer '{c.name}' runs more than once in forward(), so it cannot be "
+                                   f"replaced; {add_on_output}")
             kind = "an activation between the last layers" if not isinstance(c.module, nn.Linear) else "module"
             raise SurgeryError(f"{kind} '{c.name}' runs more than once in forward(), so it cannot be replaced; "
                                f"pass last_layers=('{chosen[-1].name}',) to replace only the last layer")
 
-    replaced_width = None
+    # everything that can be refused is checked before the model is touched
     if mode == "no_fc":
-        z_ref, flatten = out, True
-        m_y = int(num_outputs)
+        z_ref, flatten, replaced_width = out, True, None
+        if not torch.is_tensor(out):
+            raise SurgeryError(f"the model outputs a {type(out).__name__}, not a tensor, so FC layers cannot be "
+                               "added on its output; pass last_layers=(...) naming its last nn.Linear layers")
     else:
         first, last = chosen[0], chosen[-1]
         z_ref, flatten = first.inp, False
-        m_y = int(num_outputs if num_outputs is not None else last.module.out_features)
         replaced_width = first.module.out_features if mode == "two_fc" else None
-        names = _span(calls, first, last)
-        olds = {name: _set_module(base, name, nn.Identity()) for name in names}
-        calls_after, z_now = _trace(base, example)
-        if not (torch.is_tensor(z_now) and z_now.shape == z_ref.shape and
-                torch.allclose(z_now, z_ref, rtol=1e-5, atol=1e-6)):
-            for name, old in olds.items():
-                _set_module(base, name, old)
-            raise SurgeryError(
-                f"after replacing {list(names)} by identities the network no longer outputs the input of "
-                f"'{first.name}' (z̄): forward() applies operations outside modules around these layers "
-                f"(e.g. F.relu). Pass last_layers=('{last.name}',) to replace only the last layer, or make "
-                "the operation an nn.Module")
+        if z_ref is None:
+            raise SurgeryError(f"'{first.name}' is not called with a tensor as its first argument, so z̄ cannot be "
+                               f"read there; {add_on_output}")
     if z_ref.dim() < 2:
         raise SurgeryError(f"z̄ must have a batch dimension; got shape {tuple(z_ref.shape)}")
     m_bar = int(z_ref[0].numel())
     m_H_val, source = resolve_m_H(m_H, m_H_factor, n, m_bar + 1, replaced_width)
-    ref_param = next(base.parameters(), None)
-    head = EEHead(m_bar, m_y, m_H_val, gate_scale, output_bias)
-    if ref_param is not None:
-        head = head.to(device=ref_param.device, dtype=ref_param.dtype)
     replaced = tuple(_span(calls, chosen[0], chosen[-1])) if chosen else ()
+    olds: dict[str, nn.Module] = {}
+    try:
+        olds = {name: _set_module(base, name, nn.Identity()) for name in replaced}
+        if mode != "no_fc":
+            _verify(base, example, z_ref, replaced, first.name, last.name, mode, add_on_output)
+        ref_param = next(base.parameters(), None)
+        head = EEHead(m_bar, m_y, m_H_val, gate_scale, output_bias)
+        if ref_param is not None:
+            head = head.to(device=ref_param.device, dtype=ref_param.dtype)
+    except BaseException:
+        for name, old in reversed(olds.items()):
+            _set_module(base, name, old)
+        raise
     info = SurgeryInfo(mode, replaced, chosen[0].name if chosen else "<flattened output>", m_bar, m_y, m_H_val,
                        source, n)
     setattr(base, _MARK, True)
     return EEModel(base, head, info, flatten)
+
+
+def _verify(base: nn.Module, example: torch.Tensor, z_ref: torch.Tensor, names: tuple[str, ...], first: str,
+            last: str, mode: str, add_on_output: str) -> None:
+    """With ``names`` replaced by identities, ``base`` must output exactly the recorded z̄; a SurgeryError (whose
+    hint is one the caller has not tried yet) otherwise, also when the forward itself raises."""
+    hint = (f"Pass last_layers=('{last}',) to replace only the last layer, or make the operation an nn.Module"
+            if mode == "two_fc" else f"{add_on_output[0].upper()}{add_on_output[1:]}, or make the operation an "
+            "nn.Module")
+    try:
+        _, z_now = _trace(base, example)
+    except Exception as exc:
+        raise SurgeryError(f"after replacing {list(names)} by identities the network's forward() raised "
+                           f"{type(exc).__name__}: {exc} (it uses these layers other than by calling them, e.g. "
+                           f"reads their weights or sizes); the model is left unchanged. {hint}") from exc
+    if not (torch.is_tensor(z_now) and z_now.shape == z_ref.shape and
+            torch.allclose(z_now, z_ref, rtol=1e-5, atol=1e-6)):
+        raise SurgeryError(
+            f"after replacing {list(names)} by identities the network no longer outputs the input of "
+            f"'{first}' (z̄): forward() applies operations outside modules around these layers "
+            f"(e.g. F.relu); the model is left unchanged. {hint}")
 
 
 def _span(calls: list[_Call], first: _Call, last: _Call) -> list[str]:

@@ -141,6 +141,12 @@ def test_lemma5_table_decides_rank_n_with_or_without_a_rank():
 
 def test_errors_name_the_argument_and_what_is_valid(tmp_path):
     m = analysis.trial_measures(planted_results("size", seeds=range(3), widths=range(1, 4)))
+    with pytest.raises(ValueError, match=r"n_outer must be an integer >= 10; got 3"):
+        analysis.verdict_stability(m, n_outer=3)
+    with pytest.raises(ValueError, match=r"other groups, results or bootstrap settings"):
+        analysis.survival_table(analysis.association_table(m, n_boot=50, seed=1),
+                                analysis.verdict_stability(m.assign(dataset="digits16"), n_boot=50, n_outer=10,
+                                                           n_inner=10))
     with pytest.raises(ValueError, match=r"alignment='Q_T_fraction' is not a column of measures; columns: \["):
         analysis.association_table(m, alignment="Q_T_fraction")
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
@@ -150,7 +156,8 @@ def test_errors_name_the_argument_and_what_is_valid(tmp_path):
     assert verdicts == ["undefined: aligned_fraction is constant in this group"]
     assert flat.loc[flat["association"] == "error ~ size", "spearman"].notna().all()  # the rest is still there
     (tmp_path / "empty_study").mkdir()
-    with pytest.raises(ValueError, match="has no trials for study 'empty_study'.*python studies/empty_study.py"):
+    with pytest.raises(ValueError, match="has no trials for study 'empty_study'.*python studies/empty_study.py.*"
+                                         "EERAY_RESULTS_DIR"):
         analysis.load_results(tmp_path, "empty_study")
     with pytest.raises(FileNotFoundError, match=r"no results for study 'nope'.*studies there: \['empty_study'\]"):
         analysis.load_results(tmp_path, "nope")
@@ -158,7 +165,12 @@ def test_errors_name_the_argument_and_what_is_valid(tmp_path):
 
 @pytest.mark.slow
 def test_measures_agree_with_what_the_trials_logged(width_smoke):
-    results_dir, _ = width_smoke
+    results_dir, stdout = width_smoke
+    # the run's summary: per dataset and family, a single seed cannot give a stable verdict, and says so
+    summary = pd.read_csv(results_dir / "width_sweep" / "summary.csv")
+    assert summary[["dataset", "family"]].values.tolist() == [["digits16", "ee"], ["digits16", "standard"],
+                                                             ["random16", "ee"], ["random16", "standard"]]
+    assert summary["verdict"].str.startswith("not stable: 1 seed(s): too few").all() and "stability" in stdout
     res = load(results_dir, "width_sweep")
     m = analysis.trial_measures(res)
     t = res.trials.set_index("trial_id").loc[m.index]
@@ -174,4 +186,108 @@ def test_measures_agree_with_what_the_trials_logged(width_smoke):
     assert (np.diff(ladder, axis=1) >= 0).all()  # a stricter tolerance never counts fewer failures
     ee = m[m["method"] != "standard"]
     assert ee["lemma5_heads"].notna().all() and m.loc[m["method"] == "standard", "lemma5_heads"].isna().all()
-    assert set(m["variant"]) == {"standard", "A(standard) c=0.5", "A(standard) c=2"}
+    # one name per variant: the labels the trial names start with
+    assert set(m["variant"]) == {"standard", "ee c=0.5", "ee c=2"}
+    assert all(name.startswith(v + " ") for name, v in zip(m["trial_name"], m["variant"]))
+    assert set(m["family"]) == {"standard", "ee"} and (m["family"] == np.where(t["cfg.ee.enabled"], "ee",
+                                                                               "standard")).all()
+
+
+# --------------------------------------------------------------------------- labels, families, stability
+def test_variant_is_the_label_trial_names_start_with():
+    names = ["standard data=digits16 m_c=1 seed=0", "ee c=0.5 data=digits16 m_c=1 seed=0",
+             "ee c=2 data=random16 m_c=4 seed=5"]
+    t = pd.DataFrame({"trial_name": names, "cfg.ee.enabled": [False, True, True]})
+    assert analysis.variant_of(t).tolist() == ["standard", "ee c=0.5", "ee c=2"]
+    assert analysis.family_of(t).tolist() == ["standard", "ee", "ee"]
+    assert analysis.method_of(t).tolist() == ["standard", "ee", "ee"]
+    sine = pd.DataFrame({"trial_name": ["GD layers=2 seed=0", "A(GD) layers=3 seed=1"],
+                         "cfg.ee.enabled": [False, True]})
+    assert analysis.variant_of(sine).tolist() == ["GD", "A(GD)"]
+    # the optimizer sweep: the standard variant pins tau0 and eps, so its names lack those axes
+    opt = pd.DataFrame({"trial_name": ["standard lr=0.1 seed=0", "G~=SGD lr=0.1 tau0=0.5 eps=0.001 seed=0",
+                                       "G~=L-BFGS lr=0.01 tau0=0.5 eps=0.001 seed=0"],
+                        "cfg.ee.enabled": [False, True, True]})
+    assert analysis.variant_of(opt).tolist() == ["standard", "G~=SGD", "G~=L-BFGS"]
+    one = pd.DataFrame({"trial_name": ["A(GD) layers=2 seed=0", "A(GD) layers=3 seed=1"], "cfg.ee.enabled": [True] * 2})
+    assert analysis.variant_of(one).tolist() == ["A(GD)", "A(GD)"]
+    bare = pd.DataFrame({"trial_name": ["m_c=1 seed=0", "m_c=2 seed=0"], "cfg.ee.enabled": [False, False]})
+    assert analysis.variant_of(bare).tolist() == ["standard", "standard"]  # no variant labels: the family
+
+
+def test_size_statistics_are_per_model_family():
+    """Planted: within each family error follows alignment; pooled, the EE family's larger d (and its lower error)
+    would make size look like a driver. Grouped per family, each family gets its own verdict."""
+    std = planted_results("alignment", seeds=range(10), widths=range(1, 5), seed=1)
+    ee = planted_results("alignment", seeds=range(10), widths=range(1, 5), seed=2)
+    ee_trials = ee.trials.assign(trial_id="ee-" + ee.trials["trial_id"], d=ee.trials["d"] * 40,
+                                 final_train_error=ee.trials["final_train_error"] * 0.2, **{"cfg.ee.enabled": True})
+    both = Results(pd.concat([std.trials, ee_trials], ignore_index=True), std.steps,
+                   pd.concat([std.diagnostics, ee.diagnostics.assign(trial_id="ee-" + ee.diagnostics["trial_id"])],
+                             ignore_index=True), std.safety)
+    m = analysis.trial_measures(both)
+    assoc = analysis.association_table(m, n_boot=300)
+    table = analysis.survival_table(assoc)
+    assert table[["dataset", "family"]].values.tolist() == [["random16", "ee"], ["random16", "standard"]]
+    assert all(v.startswith("error follows alignment;") for v in table["verdict"])
+    pooled = analysis.association_table(m, by=("dataset",), n_boot=300)
+    assert _row(pooled, "error ~ size")["spearman_hi"] < _row(assoc, "error ~ size")["spearman_hi"]  # confounded
+
+
+def test_verdict_stability_on_planted_structures():
+    strong = analysis.trial_measures(planted_results("alignment", seeds=range(12), widths=range(1, 9)))
+    st = analysis.verdict_stability(strong, n_boot=300, n_outer=60, n_inner=60)
+    row = st.iloc[0]
+    assert (row["family"], row["seeds"], row["resamples"]) == ("standard", 12, 60)
+    # the bystander's interval covers 0 but not by much: about 1 rerun in 5 also sees a size effect
+    assert row["verdict"] == "error follows alignment" and row["stability"] > 0.75
+    assert row["stable"] == (row["stability"] >= analysis.STABLE_SHARE)
+    assert row["other_verdicts"].startswith("both associations survive controlling for the other")
+    pd.testing.assert_frame_equal(st, analysis.verdict_stability(strong, n_boot=300, n_outer=60, n_inner=60))
+    table = analysis.survival_table(analysis.association_table(strong, n_boot=300), st)
+    assert table.loc[0, "stability"] == row["stability"]
+    assert table.loc[0, "verdict"].startswith("error follows alignment;" if row["stable"] else "not stable: only")
+
+    # pure noise with a weak size link: whatever the data's verdict, reruns disagree and the line says so
+    noise = analysis.trial_measures(planted_results("size", seeds=range(4), widths=range(1, 4), seed=3))
+    noise = noise.assign(final_train_error=np.random.default_rng(0).random(len(noise)))
+    st = analysis.verdict_stability(noise, n_boot=300, n_outer=60, n_inner=60)
+    table = analysis.survival_table(analysis.association_table(noise, n_boot=300), st)
+    if not st.loc[0, "stable"]:
+        assert table.loc[0, "verdict"].startswith(f"not stable: only {st.loc[0, 'stability']:.0%} of 60 seed ")
+    two = analysis.trial_measures(planted_results("size", seeds=range(2), widths=range(1, 5)))
+    st = analysis.verdict_stability(two, n_boot=100, n_outer=20, n_inner=20)
+    assert np.isnan(st.loc[0, "stability"]) and not st.loc[0, "stable"]
+    table = analysis.survival_table(analysis.association_table(two, n_boot=100), st)
+    assert table.loc[0, "verdict"].startswith("not stable: 2 seed(s): too few")
+
+
+def test_batched_partials_equal_the_estimates():
+    from eeray.analysis.stats import _batch_partials
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 25, 3))
+    x[:, :, 2] = np.round(x[:, :, 2])  # ties, as sizes have
+    x[5, :, 1] = 1.0  # a constant column: undefined in both
+    got = _batch_partials(x)
+    want = np.array([estimates(*xi.T)[3:5] for xi in x])
+    np.testing.assert_allclose(got[:5], want[:5], rtol=1e-10, atol=1e-12)
+    assert np.isnan(got[5]).all() and np.isnan(want[5]).all()
+
+
+def test_the_width_sweep_summary_states_a_verdict_with_its_stability():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("width_sweep", ROOT / "studies" / "width_sweep.py")
+    width_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(width_sweep)
+    table = width_sweep.summarize(planted_results("alignment", seeds=range(12), widths=range(1, 9)))
+    assert list(table.columns) == ["dataset", "family", "trials", "seeds", "error ~ alignment | size",
+                                   "error ~ size | alignment", "stability", "verdict"]
+    row = table.iloc[0]
+    assert (row["dataset"], row["family"], row["trials"], row["seeds"]) == ("random16", "standard", 96, 12)
+    share = int(row["stability"].rstrip("%")) / 100
+    assert row["verdict"].startswith("error follows alignment;" if share >= analysis.STABLE_SHARE
+                                     else "not stable: only")

@@ -1,8 +1,14 @@
 """The MLflow UI as users see it: a real ``mlflow server`` over the width-sweep smoke store, opened in headless
 Chromium. MLflow 3.17's React UI shows the study's parent run with its child runs folded under it in the
 experiment's runs table (nested rows are only used in the default date order), all runs as flat rows when sorted by
-name, the child runs listed on the parent run's page, and the parent linked from every child's page."""
+name, the child runs listed on the parent run's page, and the parent linked from every child's page; the experiment
+in the classic model-training view, and a trial's metric charts drawn (plotted lines, not loading placeholders)."""
+import contextlib
+import fcntl
+import json
 import os
+import select
+import shutil
 import re
 import signal
 import socket
@@ -14,6 +20,8 @@ from urllib.parse import quote
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from eeray.mlflow_mirror import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowTracker, classic_view_url
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHILD_RUNS_SHOWN = 10  # the parent run page lists this many child runs, then a "Load more" button
@@ -31,19 +39,9 @@ def _run_links(dom: str, experiment_id: str) -> dict[str, str]:
     return {run_id: name.strip() for run_id, name in re.findall(pattern, dom)}
 
 
-@pytest.fixture
-def mlflow_ui(width_smoke, tmp_path):
-    """(base URL, experiment id, parent run, {child id: name}) with a server running on the smoke store."""
-    results_dir, _ = width_smoke
-    store = f"sqlite:///{results_dir / 'mlflow.db'}"
-    client = MlflowClient(store)
-    exp = client.get_experiment_by_name("width_sweep")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("eeray.study") == "parent"]
-    assert len(parents) == 1
-    children = {r.info.run_id: r.info.run_name for r in runs
-                if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert len(children) == 12
+@contextlib.contextmanager
+def _mlflow_server(store: str, tmp_path):
+    """The base URL of a real ``mlflow server`` on ``store``, stopped (with its workers) afterwards."""
     port = _free_port()
     log = open(tmp_path / "mlflow-server.log", "w")
     server = subprocess.Popen(
@@ -63,7 +61,7 @@ def mlflow_ui(width_smoke, tmp_path):
                 pytest.fail(f"mlflow server not healthy (exit {server.poll()}):\n"
                             f"{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield base, exp.experiment_id, parents[0], children
+        yield base
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -72,6 +70,23 @@ def mlflow_ui(width_smoke, tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture
+def mlflow_ui(width_smoke, tmp_path):
+    """(base URL, experiment id, parent run, {child id: name}) with a server running on the smoke store."""
+    results_dir, _ = width_smoke
+    store = f"sqlite:///{results_dir / 'mlflow.db'}"
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("width_sweep")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("eeray.study") == "parent"]
+    assert len(parents) == 1
+    children = {r.info.run_id: r.info.run_name for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert len(children) == 12
+    with _mlflow_server(store, tmp_path) as base:
+        yield base, exp.experiment_id, parents[0], children
 
 
 def _open(chromium, url: str, ready) -> str:
@@ -111,3 +126,169 @@ def test_mlflow_ui_shows_the_parent_run_and_its_child_runs(mlflow_ui, chromium):
     child_id, child_name = sorted(children.items())[0]
     dom = _open(chromium, f"{experiment}/{child_id}", lambda d: "Parent run" in d and pid in _run_links(d, eid))
     assert _run_links(dom, eid)[pid] == parent_name and child_name in dom
+
+
+# --------------------------------------------------------------------------- the classic view and drawn charts
+class _DevTools:
+    """Headless Chromium driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
+    separated by NUL on fds 3 and 4; standard library only). Unlike ``--dump-dom`` with a virtual-time budget, which
+    left the lazily loaded charts as placeholders on a loaded machine, the page is polled in real time until what
+    the test waits for has been drawn."""
+
+    def __init__(self, profile: str):
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            pytest.fail("headless Chromium is needed for the browser tests: apt-get install chromium (.ci/run does)")
+        to_chrome, self._w = os.pipe()
+        self._r, from_chrome = os.pipe()
+
+        def onto_3_and_4():  # in the child: moved above 10 first, so dup2 never meets its own fd (and clears CLOEXEC)
+            a, b = fcntl.fcntl(to_chrome, fcntl.F_DUPFD, 10), fcntl.fcntl(from_chrome, fcntl.F_DUPFD, 10)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        self.proc = subprocess.Popen(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+             "--window-size=1600,3000", "about:blank"],
+            close_fds=False, preexec_fn=onto_3_and_4, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._buf, self._id = b"", 0
+
+    def call(self, method: str, session: str | None = None, timeout: float = 60, **params):
+        self._id += 1
+        msg = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.time() + timeout
+        while True:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._id:
+                    if "error" in reply:
+                        raise AssertionError(f"DevTools {method}: {reply['error']}")
+                    return reply["result"]
+            ready, _, _ = select.select([self._r], [], [], max(0.0, deadline - time.time()))
+            if not ready:
+                raise AssertionError(f"DevTools {method}: no reply in {timeout} s")
+            chunk = os.read(self._r, 1 << 20)
+            if not chunk:
+                raise AssertionError(f"DevTools {method}: Chromium exited ({self.proc.poll()})")
+            self._buf += chunk
+
+    def wait_for(self, url: str, ready, timeout: float = 180) -> str:
+        """The page's DOM once ``ready(dom)`` holds, polled every second for up to ``timeout`` s of real time."""
+        target = self.call("Target.createTarget", url=url)["targetId"]
+        session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        deadline, dom = time.time() + timeout, ""
+        while time.time() < deadline:
+            dom = self.call("Runtime.evaluate", session, expression="document.documentElement.outerHTML",
+                            returnByValue=True)["result"].get("value", "")
+            if ready(dom):
+                return dom
+            time.sleep(1)
+        pytest.fail(f"{url}: not drawn within {timeout} s; last DOM text:\n{re.sub(r'<[^>]+>', ' ', dom)[-2000:]}")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except AssertionError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        os.close(self._w)
+        os.close(self._r)
+
+
+@pytest.fixture
+def devtools(tmp_path):
+    browser = _DevTools(str(tmp_path / "chromium-profile"))
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+CARD = 'data-testid="experiment-view-compare-runs-card"'  # one chart card per metric on a run's metrics tab
+
+
+@pytest.fixture(scope="module")
+def mirror_ui(tmp_path_factory):
+    """(base URL, experiment id, parent id, child id, {metric: steps}) for a store eeray's tracker wrote itself
+    (no Ray: the tracker's own calls, two trials with per-epoch metric chunks and final metrics)."""
+    tmp_path = tmp_path_factory.mktemp("mirror-ui")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(store, "width_sweep", tmp_path / "mlartifacts")
+    parent = tracker.start_study("execution-1", "width_sweep 2026-12-01", {"profile": "smoke"}, {})
+    children = []
+    for i, name in enumerate(("standard data=random16 m_c=1 seed=0", "ee c=2 data=random16 m_c=1 seed=0")):
+        run = tracker.child(f"t{i}", name, {"optim.lr": 0.1}, {})
+        for epoch in range(1, 7):  # 5 optimizer steps per epoch, one chunk per epoch
+            rows = [{"step": epoch * 5, "error": 0.9 / epoch, "loss": 2.3 / epoch ** 0.5}]
+            tracker.log_chunk(run, f"{epoch * 5:09d}-epoch", {"train": (rows, "train_")})
+        tracker.finish_trial(run, "FINISHED", {"final_train_error": 0.15})
+        children.append(run)
+    tracker.finish_study()
+    steps = {k: len(tracker.client.get_metric_history(children[0], k))
+             for k in tracker.client.get_run(children[0]).data.metrics}
+    assert steps == {"train_error": 6, "train_loss": 6, "final_train_error": 1}
+    with _mlflow_server(store, tmp_path) as base:
+        yield base, tracker.experiment_id, parent, children[0], steps
+
+
+def _cards(dom: str) -> dict[str, str]:
+    """metric name -> the HTML of its chart card on a run's metrics tab."""
+    cards = {}
+    for part in dom.split(CARD)[1:]:
+        title = re.search(r'<h4[^>]*title="([^"]+)"', part)
+        if title:
+            cards[title.group(1)] = part
+    return cards
+
+
+def _line_points(card: str) -> list[int]:
+    """The number of vertices of every plotted line (plotly's ``js-line`` paths) in a chart card."""
+    return [len(re.findall(r"[ML]", d)) for d in re.findall(r'class="js-line"[^>]*\sd="([^"]*)"', card)]
+
+
+def test_the_experiment_opens_in_the_classic_model_training_view(mirror_ui, devtools):
+    base, eid, parent, child, _ = mirror_ui
+    url = classic_view_url(base, eid)
+    dom = devtools.wait_for(url, lambda d: parent in _run_links(d, eid))
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    assert "Runs - Experiment" in text  # the page title of the classic runs table
+    assert _run_links(dom, eid) == {parent: "width_sweep 2026-12-01"}  # the study's parent run, trials under it
+    for genai in ("Token Usage", "Tokens per Trace", "Detect Issues"):  # the GenAI overview's panels
+        assert genai not in text
+
+
+def test_the_experiment_is_tagged_as_model_training(tmp_path):
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "study", tmp_path / "a")
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    again = MlflowTracker(tracker.uri, "study", tmp_path / "a")  # reopened, not re-created or re-tagged
+    assert again.experiment_id == tracker.experiment_id
+    assert classic_view_url("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs?workflowType=machine_learning"
+
+
+def test_a_child_runs_metric_charts_are_drawn_not_loading(mirror_ui, devtools):
+    base, eid, _, child, steps = mirror_ui
+    url = f"{base}/#/experiments/{eid}/runs/{child}/model-metrics"
+
+    def drawn(dom: str) -> bool:
+        cards = _cards(dom)
+        return set(cards) == set(steps) and all(
+            'class="main-svg"' in card and (steps[m] < 2 or max(_line_points(card), default=0) >= 2)
+            for m, card in cards.items())
+
+    dom = devtools.wait_for(url, drawn)
+    cards = _cards(dom)
+    assert set(cards) == {"train_error", "train_loss", "final_train_error"}
+    for metric in ("train_error", "train_loss"):  # logged at 6 steps: a plotted line through several points
+        points = _line_points(cards[metric])
+        assert points and 2 <= max(points) <= steps[metric], (metric, points)
+        assert "main-svg" in cards[metric] and "Loading" not in re.sub(r"<[^>]+>", " ", cards[metric])

@@ -95,20 +95,24 @@ def test_report_tables_match_the_parquet_results(width_report):
     for tid, row in page.records("q-t-sensitivity").items():
         assert int(row["ρ≤1e-08"]) == int(row["Q_T (logged)"]) == trials.loc[tid, "final_Q_T"]
     # mean (sample std) over seeds of the final training error, in percent, per dataset × m_c × variant
-    t = res.trials.assign(variant=[f"A(standard) c={c:g}" if ee else "standard"
+    t = res.trials.assign(variant=[f"ee c={c:g}" if ee else "standard"  # the trial names' labels
                                    for ee, c in zip(res.trials["cfg.ee.enabled"], res.trials["cfg.ee.m_H_factor"])])
     expected = (t["final_train_error"] * 100).groupby([t["dataset"], t["cfg.model.lenet_mc"], t["variant"]])
     table = Tables(index.read_text()).tables["outcome-train"]
-    assert table["head"] == ["dataset", "m_c", "A(standard) c=0.5", "A(standard) c=2", "standard"]
+    assert table["head"] == ["dataset", "m_c", "ee c=0.5", "ee c=2", "standard"]
+    assert all(name.split(" data=")[0] in table["head"] for name in res.trials["trial_name"])  # one name each
     assert len(table["rows"]) == 4
     for _, cells in table["rows"]:
         for variant, cell in zip(table["head"][2:], cells[2:]):
             values = expected.get_group((cells[0], int(cells[1]), variant))
             std = f"{values.std(ddof=1):.2f}" if len(values) > 1 else "–"
             assert cell == f"{values.mean():.2f} ({std})"
-    survival = page.records("survival")
-    assert set(survival) == {"digits16", "random16"}
-    assert all(int(r["trials"]) == 6 and int(r["seeds"]) == 1 for r in survival.values())
+    survival = page.records("survival")  # per dataset and model family: 2 standard and 4 EE trials each
+    assert set(survival) == {f"{d}, {f}" for d in ("digits16", "random16") for f in ("ee", "standard")}
+    assert all(int(r["trials"]) == (4 if key.endswith("ee") else 2) and int(r["seeds"]) == 1
+               for key, r in survival.items())
+    assert all(r["verdict"].startswith("not stable: 1 seed(s): too few") and r["stability"] == "–"
+               for r in survival.values())
     assert "with a single seed the intervals resample trials, not seeds" in index.read_text()
 
 
@@ -190,9 +194,12 @@ def test_report_of_another_study_with_a_failed_trial(tmp_path):
     tables = Tables(page)
     row = tables.records("trials")[res.trials.loc[failed, "trial_id"]]
     assert row["status"] == "failed" and row["failure_reason"] == "diverged at step 30"
-    verdict = tables.records("survival")["random16"]
+    verdict = tables.records("survival")["random16, standard"]
     assert (verdict["trials"], verdict["seeds"], verdict["intervals resample"]) == ("23", "6", "seeds")
-    assert verdict["verdict"].startswith("error follows alignment;") and verdict["alignment survives"] == "yes"
+    assert verdict["alignment survives"] == "yes" and re.fullmatch(r"\d+% of 200", verdict["stability"])
+    share = int(verdict["stability"].split("%")[0]) / 100
+    assert verdict["verdict"].startswith("error follows alignment;" if share >= 0.8 else "not stable: only")
+    assert "simulated reruns" in page and "per model family" in page
 
 
 def test_report_command_errors_name_the_argument(tmp_path, capsys):

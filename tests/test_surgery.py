@@ -144,3 +144,190 @@ def test_surgery_keeps_device_and_dtype():
     ee = to_ee_model(FCNet(2, 1, 2, 8).double(), torch.randn(3, 2, dtype=torch.float64))
     assert ee.head.hidden.weight.dtype == torch.float64 and ee.head.out_weight.dtype == torch.float64
     assert ee(torch.randn(4, 2, dtype=torch.float64)).dtype == torch.float64
+
+
+# --------------------------------------------------------------------------- refusals leave the model as it was
+def _snapshot(model: nn.Module) -> dict:
+    """Everything a refusal could change: the module tree (names, the module objects, their types and train flags),
+    the parameter objects, every state_dict tensor (cloned), and the forward hooks."""
+    return {"modules": [(n, id(m), type(m).__name__, m.training) for n, m in model.named_modules()],
+            "params": [(n, id(p)) for n, p in model.named_parameters()],
+            "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "hooks": [(n, len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()],
+            "attrs": sorted(model.__dict__)}
+
+
+def _assert_unchanged(model: nn.Module, before: dict, x: torch.Tensor, out_before: torch.Tensor) -> None:
+    after = _snapshot(model)
+    assert after["modules"] == before["modules"]
+    assert after["params"] == before["params"]
+    assert after["hooks"] == before["hooks"] and after["attrs"] == before["attrs"]
+    assert list(after["state"]) == list(before["state"])
+    for k, v in before["state"].items():
+        assert torch.equal(after["state"][k], v), k
+    was = [m.training for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), out_before)
+    for m, t in zip(model.modules(), was):
+        m.training = t
+
+
+def _refuse(model: nn.Module, x: torch.Tensor, match: str, probe: torch.Tensor | None = None, **kwargs) -> str:
+    """Surgery on example ``x`` is refused with a message matching ``match``; the model is exactly as before (and
+    computes the same on ``probe``, default ``x``). Returns the message."""
+    probe = x if probe is None else probe
+    before = _snapshot(model)
+    was = [m.training for m in model.modules()]
+    model.eval()
+    with torch.no_grad():
+        out_before = model(probe)
+    for m, t in zip(model.modules(), was):
+        m.training = t
+    with pytest.raises(SurgeryError, match=match) as info:
+        to_ee_model(model, x, **kwargs)
+    _assert_unchanged(model, before, probe, out_before)
+    return str(info.value)
+
+
+class ReadsOutFeatures(nn.Module):
+    """The forward reads the last layer's size after calling it: fine for the model, a raw AttributeError once the
+    layer is an Identity (the verification's second forward)."""
+
+    def __init__(self, two: bool):
+        super().__init__()
+        self.two = two
+        self.fc1, self.fc2 = nn.Linear(6, 12), nn.Linear(12, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x)) if self.two else x @ torch.ones(6, 12)
+        return self.fc2(h).view(-1, self.fc2.out_features)
+
+
+class VGGStyle(nn.Module):
+    """VGG's layout at toy size: conv features, then Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Linear(4 * 4 * 4, 32), nn.ReLU(True), nn.Dropout(),
+                                        nn.Linear(32, 32), nn.ReLU(True), nn.Dropout(), nn.Linear(32, 5))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class TiedLast(nn.Module):
+    """The last Linear runs twice (weight tying): neither it nor the pair before it can be replaced."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc = nn.Linear(5, 5), nn.Linear(5, 5)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.fc(self.fc1(x))))
+
+
+def test_readme_resnet18_without_n_is_refused_unchanged_and_the_hint_works():
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10), torch.randn(2, 3, 64, 64)
+    msg = _refuse(model, x, r"pass n=\.\.\.")
+    assert "already been through" not in msg
+    ee = to_ee_model(model, x, n=60000)  # the hint, followed: the README's call
+    assert (ee.info.mode, ee.info.replaced, ee.info.m_H) == ("one_fc", ("fc",), 234)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"m_H": 0}, "m_H = 0 is invalid"),
+                                           ({"m_H_factor": -1.0, "n": 100}, "m_H_factor = -1.0 is invalid"),
+                                           ({"num_outputs": 0}, "num_outputs = 0 is invalid")])
+def test_mobilenet_head_with_dropout_refusals_leave_it_unchanged(kwargs, match):
+    torch.manual_seed(0)
+    model, x = torchvision.models.mobilenet_v3_small(num_classes=7), torch.randn(2, 3, 32, 32)
+    model.features[0].eval()  # a submodule kept in eval mode while the root trains: must stay so
+    _refuse(model, x, match, **kwargs)
+    assert model.training and not model.features[0].training
+
+
+def test_mobilenet_classifier_with_activation_and_dropout_is_two_fc():
+    model = torchvision.models.mobilenet_v3_small(num_classes=7)
+    model.features[0].eval()
+    x = torch.randn(2, 3, 32, 32)
+    ee = to_ee_model(model, x, m_H_factor=2.0, n=600)
+    assert ee.info.mode == "two_fc" and ee.info.replaced == ("classifier.0", "classifier.1", "classifier.2",
+                                                             "classifier.3")
+    assert (ee.info.m_bar, ee.info.num_outputs, ee.info.m_H) == (576, 7, 3)  # ⌈2·600/577⌉
+    assert ee(x).shape == (2, 7) and not model.features[0].training  # the trace kept the eval submodule in eval
+
+
+def test_vgg_style_head_refused_without_n_then_built():
+    torch.manual_seed(0)
+    model, x = VGGStyle(), torch.randn(3, 3, 8, 8)
+    _refuse(model, x, r"pass n=\.\.\.", m_H_factor=1.0)
+    ee = to_ee_model(model, x, m_H_factor=1.0, n=330)
+    assert ee.info.replaced == tuple(f"classifier.{i}" for i in range(3, 7)) and ee.info.m_H == 10  # ⌈330/33⌉
+
+
+def test_functional_activation_refusal_is_exact_and_its_hint_works():
+    torch.manual_seed(0)
+    model, x = TwoFCFunctional(), torch.randn(3, 4)
+    msg = _refuse(model, x, r"Pass last_layers=\('c',\)", m_H=3)
+    assert "left unchanged" in msg
+    assert to_ee_model(model, x, m_H=3, last_layers=("c",)).info.mode == "one_fc"
+
+
+def test_a_forward_that_raises_while_verifying_is_a_surgery_error_and_changes_nothing():
+    torch.manual_seed(0)
+    model, x = ReadsOutFeatures(two=False), torch.randn(3, 6)
+    msg = _refuse(model, x, r"forward\(\) raised AttributeError.*last_layers=\(\) and num_outputs=4", m_H=2)
+    assert "last_layers=('fc2',)" not in msg  # the hint is not the argument the search already tried
+    ee = to_ee_model(model, x, m_H=2, last_layers=(), num_outputs=4)  # followed: works
+    assert ee.info.mode == "no_fc" and ee(x).shape == (3, 4)
+
+
+def test_following_every_hint_ends_in_success_with_each_message_new():
+    """Two FC layers whose forward reads fc2's size: the search's hint (only the last layer) fails again, now with a
+    different, more specific hint (add FC layers on the output), which works."""
+    torch.manual_seed(0)
+    model, x = ReadsOutFeatures(two=True), torch.randn(3, 6)
+    first = _refuse(model, x, r"raised AttributeError.*Pass last_layers=\('fc2',\)", m_H=2)
+    second = _refuse(model, x, r"raised AttributeError.*last_layers=\(\) and num_outputs=4", m_H=2,
+                     last_layers=("fc2",))
+    assert first != second and "last_layers=('fc2',)" not in second
+    assert to_ee_model(model, x, m_H=2, last_layers=(), num_outputs=4).info.mode == "no_fc"
+
+
+def test_shared_activation_refusal_is_exact_and_its_hint_works():
+    act = nn.Softplus()
+    model, x = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 2)), torch.randn(2, 3)
+    _refuse(model, x, r"runs more than once.*last_layers=\('4',\)")
+    ee = to_ee_model(model, x, last_layers=("4",), m_H=3)
+    assert ee.info.replaced == ("4",)
+
+
+def test_a_last_layer_that_runs_twice_gets_a_hint_other_than_itself():
+    model, x = TiedLast(), torch.randn(2, 5)
+    first = _refuse(model, x, r"last layer 'fc' runs more than once.*last_layers=\(\) and num_outputs=5", m_H=2)
+    second = _refuse(model, x, r"last layer 'fc' runs more than once.*last_layers=\(\) and num_outputs=5", m_H=2,
+                     last_layers=("fc",))
+    assert "last_layers=('fc',)" not in first + second
+    assert to_ee_model(model, x, m_H=2, last_layers=(), num_outputs=5).info.mode == "no_fc"
+
+
+def test_no_fc_hint_without_num_outputs_then_with_it():
+    model, x = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Softplus()), torch.randn(2, 1, 5, 5)
+    msg = _refuse(model, x, r"pass num_outputs=m_y$", m_H=3, last_layers=())  # asked for: no other suggestion
+    assert "last_layers" not in msg.split("pass", 1)[1]
+    assert to_ee_model(model, x, m_H=3, last_layers=(), num_outputs=2).info.mode == "no_fc"
+
+
+def test_an_example_the_model_rejects_is_a_surgery_error_naming_the_shape():
+    model = LeNet(1, 10)
+    _refuse(model, torch.randn(2, 1, 16, 16)[:, :, :5], probe=torch.randn(2, 1, 16, 16),
+            match=r"forward\(\) failed on the example batch of shape \(2, 1, 5, 16\).*x_train\[:2\]", m_H=2)
+    assert to_ee_model(model, torch.randn(2, 1, 16, 16), m_H=2).info.mode == "two_fc"
+
+
+def test_unknown_last_layers_refused_unchanged():
+    model, x = VGGStyle(), torch.randn(2, 3, 8, 8)
+    _refuse(model, x, r"last_layers=\('nope',\) is invalid.*classifier\.0", last_layers=("nope",))
+    _refuse(model, x, r"'features.0', a Conv2d; it must be nn.Linear", last_layers=("features.0",))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -34,23 +35,111 @@ ALIASES = {**TRIAL_NAME_ALIASES, "data.n_train": "n"}
 METHOD_KEYS = ("cfg.ee.enabled", "cfg.ee.exploit_optim.name")
 
 
+RESULTS_ENV = "EERAY_RESULTS_DIR"
+
+
+def default_results_dir(start: str | os.PathLike | None = None) -> Path:
+    """Where a notebook or script finds the results: ``$EERAY_RESULTS_DIR`` when set; else the first ``results``
+    directory in the working directory or above it (a notebook opened from ``analysis/`` finds the repository's
+    ``results``); else ``results`` at the repository root (the first folder above holding ``pyproject.toml``),
+    else ``./results``. The studies write to ``./results`` unless given ``--results-dir``."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "results").is_dir():
+            return folder / "results"
+    root = next((f for f in (here, *here.parents) if (f / "pyproject.toml").is_file()), None)
+    return (root or here) / "results"
+
+
 def load_results(results_dir: str | os.PathLike, study: str) -> Results:
     """``eeray.results.load`` with a clear error when the study has no trials yet."""
     res = load(results_dir, study)
     if res.trials.empty:
         raise ValueError(f"results_dir {str(results_dir)!r} has no trials for study {study!r} (nothing under "
-                         f"{os.path.join(str(results_dir), study, 'trials')}); run `python studies/{study}.py` first")
+                         f"{os.path.join(str(results_dir), study, 'trials')}); run `python studies/{study}.py` "
+                         f"first, or point {RESULTS_ENV} at the --results-dir it wrote to")
     return res
 
 
 # --------------------------------------------------------------------------- labels
-def method_of(trials: pd.DataFrame) -> pd.Series:
-    """'standard' (no EE), 'A(standard)' (EE with G̃ = G) or 'A(standard), G̃=<name>' (another exploit optimizer)."""
+# One vocabulary for the variants everywhere a reader meets them: the labels trial names start with ("standard",
+# "ee c=0.5"), which the console, MLflow and the Parquet trial names show, are the report's and notebooks' labels too.
+STANDARD, EE = "standard", "ee"
+
+
+def family_of(trials: pd.DataFrame) -> pd.Series:
+    """'standard' or 'ee': the model family. The EE head replaces the last layers by m_y heads of width m_H, so
+    parameter counts d are not comparable across families (width sweep, laptop: EE 2.3k–7.9k, standard 68k–1.1M)
+    and pooled, size would partly encode the family; size statistics are per family."""
     enabled = trials.get("cfg.ee.enabled", pd.Series(False, index=trials.index)).fillna(False).astype(bool)
+    return pd.Series(np.where(enabled, EE, STANDARD), index=trials.index, name="family")
+
+
+def method_of(trials: pd.DataFrame) -> pd.Series:
+    """'standard' (no EE), 'ee' (EE with G̃ = G) or 'ee, G̃=<name>' (another exploit optimizer)."""
     other = trials.get("cfg.ee.exploit_optim.name", pd.Series(None, index=trials.index))
-    labels = ["A(standard)" + (f", G̃={o}" if isinstance(o, str) and o else "") if e else "standard"
-              for e, o in zip(enabled, other)]
+    labels = [EE + (f", G̃={o}" if isinstance(o, str) and o else "") if f == EE else STANDARD
+              for f, o in zip(family_of(trials), other)]
     return pd.Series(labels, index=trials.index, name="method")
+
+
+def _trailing_keys(name: str) -> list[str]:
+    """Keys of the trailing ``key=value`` tokens of a trial name, last first."""
+    keys = []
+    for token in reversed(str(name).split(" ")):
+        if "=" not in token:
+            break
+        keys.append(token.split("=", 1)[0])
+    return keys
+
+
+def _common_suffix(key_lists: list[list[str]]) -> list[str]:
+    n = 0
+    while key_lists and all(len(k) > n for k in key_lists) and len({k[n] for k in key_lists}) == 1:
+        n += 1
+    return key_lists[0][:n] if key_lists else []
+
+
+def _unlabelled(names: list[str]) -> bool:
+    """Names without a variant label: every name starts with an axis, the same one (``m_c=1 seed=0``)."""
+    firsts = [n.split(" ", 1)[0] for n in names]
+    return all("=" in f for f in firsts) and len({f.split("=", 1)[0] for f in firsts}) == 1
+
+
+def grid_keys(names: Iterable[str]) -> set[str]:
+    """The keys of the grid axes in trial names (``label key=value ...``; the label's first word is never an axis).
+    Trials whose names start with the same word share their grid axes as a common suffix; a variant can pin an axis
+    (then its names lack it) and a label can end in ``key=value`` itself (``ee c=0.5``), so an axis is a key in the
+    common suffix of at least two such groups (of the only group, when there is one)."""
+    names = [str(n) for n in names]
+    groups: dict[str, list[list[str]]] = {}
+    for n in names:
+        first, _, rest = n.partition(" ")
+        groups.setdefault(first, []).append(_trailing_keys(rest) if rest else [])
+    suffixes = [set(_common_suffix(lists)) for lists in groups.values()]
+    if len(suffixes) == 1:
+        return suffixes[0]
+    return {k for s in suffixes for k in s if sum(k in t for t in suffixes) >= 2}
+
+
+def variant_of(trials: pd.DataFrame) -> pd.Series:
+    """The study's variant label of each trial, as its trial name starts with it (``"ee c=0.5"``, ``"standard"``,
+    ``"G~=SGD"``, ``"A(GD)"``): the trial name without its trailing grid axes (:func:`grid_keys`). A study without
+    variant labels gets the family ('standard' / 'ee'). These are the rows of Fig.-1 style figures and the columns
+    of the mean (std) tables."""
+    names = trials["trial_name"].astype(str)
+    axes = grid_keys(names)
+    labels = []
+    for n in names:
+        tokens = n.split(" ")
+        while len(tokens) > 1 and "=" in tokens[-1] and tokens[-1].split("=", 1)[0] in axes:
+            tokens.pop()
+        labels.append(" ".join(tokens))
+    if _unlabelled(list(names)):
+        labels = [""] * len(labels)
+    return pd.Series([lab or fam for lab, fam in zip(labels, family_of(trials))], index=trials.index, name="variant")
 
 
 def setting_columns(trials: pd.DataFrame) -> list[str]:
@@ -79,13 +168,6 @@ def setting_of(trials: pd.DataFrame, columns: Iterable[str] | None = None) -> pd
                             if ee or not c.startswith("cfg.ee.")]
         labels.append(" ".join(parts))
     return pd.Series(labels, index=trials.index, name="setting")
-
-
-def variant_of(trials: pd.DataFrame) -> pd.Series:
-    """The method plus the EE knobs (``cfg.ee.*``) that vary among EE trials, e.g. 'A(standard) c=0.5': the rows
-    of a Fig.-1 style figure, whose panels then show the remaining axes (dataset, m_c, seed)."""
-    ee_cols = [c for c in setting_columns(trials) if c.startswith("cfg.ee.")]
-    return setting_of(trials, ee_cols).rename("variant")
 
 
 # --------------------------------------------------------------------------- alignment from diagnostics
@@ -171,9 +253,9 @@ def lemma5_ranks(safety: pd.DataFrame) -> pd.DataFrame:
 
 def trial_measures(results: Results) -> pd.DataFrame:
     """Size, alignment and outcome per trial (one row per trial, index trial_id): labels (trial_name, dataset,
-    status, seed, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5 check
-    at θ^τ (``lemma5_*``, NaN without one), then the flattened config (``cfg.*``). Raises ValueError for results
-    without trials."""
+    status, seed, family, method, variant, setting), size, alignment (NaN without diagnostics), outcome, the Lemma-5
+    check at θ^τ (``lemma5_*``, NaN without one), then the flattened config (``cfg.*``). Raises ValueError for
+    results without trials."""
     t = results.trials
     if t.empty:
         raise ValueError("results has no trials: run the study first (eeray.results.load returned an empty table)")
@@ -181,7 +263,7 @@ def trial_measures(results: Results) -> pd.DataFrame:
     arch = t.get("cfg.model.arch", pd.Series("", index=t.index))
     out = pd.DataFrame({
         "trial_name": t["trial_name"], "dataset": t["dataset"], "status": t["status"], "seed": t["cfg.seed"],
-        "method": method_of(t), "variant": variant_of(t), "setting": setting_of(t),
+        "family": family_of(t), "method": method_of(t), "variant": variant_of(t), "setting": setting_of(t),
         "d": t["d"].astype(float), "m_c": t["cfg.model.lenet_mc"].where(arch == "lenet").astype(float),
         "m_H": t["m_H"].astype(float), "n": t["n"].astype(float), "m_y": t["m_y"].astype(float)})
     out["d_over_nmy"] = out["d"] / (out["n"] * out["m_y"])

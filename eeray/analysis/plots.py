@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -148,10 +149,21 @@ def plot_delta_m(results: Results, measures: pd.DataFrame, *, row: str | None = 
     return fig
 
 
+def _group_of(frame: pd.DataFrame, by: str | Sequence[str]) -> pd.Series:
+    """The group label of each row: the values of the ``by`` columns joined ('digits16, ee')."""
+    cols = [by] if isinstance(by, str) else list(by)
+    return frame[cols].astype(str).agg(", ".join, axis=1) if len(frame) else pd.Series([], dtype=str)
+
+
 def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, outcome: str = "final_train_error",
-                      alignment: str = "aligned_fraction", size: str = "d", by: str = "dataset") -> Figure:
-    """Scatter plots per group: outcome against alignment and against size (log x), colour = method; each title
-    gives Spearman ρ with its bootstrap interval."""
+                      alignment: str = "aligned_fraction", size: str = "d",
+                      by: str | Sequence[str] = ("dataset", "family")) -> Figure:
+    """Scatter plots per group (default: per dataset and model family, as :func:`association_table` groups):
+    outcome against alignment and against size (log x), colour = method; each title gives Spearman ρ with its
+    bootstrap interval."""
+    measures = measures.assign(_group=_group_of(measures, by))
+    associations = associations.assign(_group=_group_of(associations, by))
+    by = "_group"
     groups = sorted(associations[by].unique(), key=str)
     fig, axes = _grid(len(groups), 2, w=4.2, h=3.0)
     colors = _palette(measures["method"])
@@ -175,10 +187,12 @@ def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, out
     return fig
 
 
-def plot_partial_intervals(associations: pd.DataFrame, by: str = "dataset") -> Figure:
+def plot_partial_intervals(associations: pd.DataFrame, by: str | Sequence[str] = ("dataset", "family")) -> Figure:
     """Forest plot: both partial rank correlations per group with their bootstrap intervals; an interval that
     crosses the zero line means the association does not survive controlling for the other variable."""
     rows = associations[associations["association"].str.contains("|", regex=False)].reset_index(drop=True)
+    rows = rows.assign(_group=_group_of(rows, by))
+    by = "_group"
     fig = Figure(figsize=(7.0, 0.45 * len(rows) + 1.4), layout="constrained")
     ax = fig.subplots()
     colors = {"error ~ alignment | size": "tab:blue", "error ~ size | alignment": "tab:orange"}

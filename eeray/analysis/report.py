@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from eeray.analysis import markup as h
-from eeray.analysis.measures import load_results, trial_measures
+from eeray.analysis.measures import RESULTS_ENV, load_results, trial_measures
 from eeray.analysis.sections import DEFAULT_SECTIONS, SECTIONS, STUDY_SECTIONS, Context, Omit
 
 
@@ -30,7 +30,8 @@ def check_study(results_dir: str | os.PathLike, study: str) -> None:
                          f"wrote to; default ./results)")
     have = available_studies(results_dir)
     if study not in have:
-        raise ValueError(f"study {study!r} has no results under {str(results_dir)!r}; studies there: {have or 'none'}")
+        raise ValueError(f"study {study!r} has no results under {str(results_dir)!r}; studies there: {have or 'none'} "
+                         f"(pass the --results-dir the study wrote to, or set {RESULTS_ENV})")
 
 
 def _meta(ctx: Context, results_dir: Path, study: str) -> str:

@@ -39,7 +39,12 @@ class Context:
 
     @cached_property
     def associations(self) -> pd.DataFrame:
+        """Per dataset and model family (standard and EE parameter counts are not comparable)."""
         return stats.association_table(self.measures, n_boot=self.n_boot, seed=self.seed)
+
+    @cached_property
+    def stability(self) -> pd.DataFrame:
+        return stats.verdict_stability(self.measures, n_boot=self.n_boot, seed=self.seed)
 
     def figure(self, fig, name: str, caption: str, alt: str) -> str:
         paths = plots.save_figure(fig, self.out_dir / "figures", name)
@@ -74,13 +79,16 @@ def verdict(ctx: Context) -> str:
     assoc = ctx.associations
     if assoc.empty:
         raise Omit("no completed trial has an outcome, an alignment measure and a size")
-    survival = stats.survival_table(assoc).set_index("dataset")
+    survival = stats.survival_table(assoc, ctx.stability).set_index(list(stats.BY))
+    survival["stability"] = [f"{v:.0%} of {n}" if np.isfinite(v) else "–"
+                             for v, n in zip(survival["stability"], survival["resamples"])]
+    survival = survival.drop(columns=["resamples", "stable"])
     detail = assoc.assign(
         spearman=[_with_interval(r.spearman, r.spearman_lo, r.spearman_hi) for r in assoc.itertuples()],
         kendall=[_with_interval(r.kendall, r.kendall_lo, r.kendall_hi) if r.association not in stats.PARTIALS
                  else "–" for r in assoc.itertuples()])
-    detail = detail[["dataset", "association", "n_trials", "n_seeds", "spearman", "spearman_p", "kendall",
-                     "kendall_p", "excludes_zero"]].set_index(["dataset", "association"])
+    detail = detail[[*stats.BY, "association", "n_trials", "n_seeds", "spearman", "spearman_p", "kendall",
+                     "kendall_p", "excludes_zero"]].set_index([*stats.BY, "association"])
     detail = detail.rename(columns={
         "n_trials": "trials", "n_seeds": "seeds", "spearman": "Spearman ρ [95% interval]", "spearman_p": "p (Spearman)",
         "kendall": "Kendall τ-b [95% interval]", "kendall_p": "p (Kendall)",
@@ -92,15 +100,24 @@ def verdict(ctx: Context) -> str:
                            "understate the uncertainty. " if "trials" in units else "") +
                            f"At least 5 seeds per setting are needed for intervals to mean much "
                            f"(this study has {int(assoc['n_seeds'].min())}).", "note")
+    resamples = int(ctx.stability["resamples"].max()) if len(ctx.stability) else 0
     return "".join([
         h.paragraph("Does the final training error follow network <b>size</b> (d) directly, or only through the "
                     "<b>data-architecture alignment</b> condition (aligned fraction 1 − Q_T/evaluations)? "
-                    "Per dataset: rank partial correlations (partial Spearman) with 95% percentile "
+                    "Per dataset and per model family (standard and EE models separately: the EE heads make their "
+                    "parameter counts incomparable with the standard models', so pooled, size would partly encode "
+                    "the family): rank partial correlations (partial Spearman) with 95% percentile "
                     f"intervals from a cluster bootstrap that resamples seeds ({ctx.n_boot} resamples, "
                     f"seed {ctx.seed}). An association <i>survives</i> when its interval excludes 0."), warn,
-        h.table(survival, "survival", "Which association survives controlling for the other"),
-        ctx.figure(plots.plot_partial_intervals(assoc), "partial_intervals", "Partial rank correlations with their "
-                   "bootstrap intervals; an interval across the zero line does not survive.", "forest plot"),
+        h.paragraph(f"<b>Stability</b>: the share of {resamples} simulated reruns — the seeds drawn with "
+                    "replacement, each rerun judged by its own seed bootstrap — that reach the same verdict (a "
+                    f"double cluster bootstrap). Below {stats.STABLE_SHARE:.0%} the verdict is reported as not "
+                    "stable instead of being stated."),
+        h.table(survival, "survival", "Which association survives controlling for the other, and how stable "
+                "that answer is", row_ids=[", ".join(map(str, k)) for k in survival.index]),
+        ctx.figure(plots.plot_partial_intervals(assoc, by=stats.BY),
+                   "partial_intervals", "Partial rank correlations with their bootstrap intervals, per dataset and "
+                   "model family; an interval across the zero line does not survive.", "forest plot"),
         h.table(detail, "associations", "All associations: Spearman ρ and Kendall τ-b with 95% intervals and "
                 "p-values (partial Spearman: t on n − 3 df; Kendall's partial τ is not a test of conditional "
                 "independence and is not shown)")])
@@ -110,8 +127,9 @@ def associations(ctx: Context) -> str:
     _needs_diagnostics(ctx)
     if ctx.associations.empty:
         raise Omit("no completed trial has an outcome, an alignment measure and a size")
-    return ctx.figure(plots.plot_associations(ctx.measures, ctx.associations), "associations",
-                      "Final training error against alignment (aligned fraction) and against size (d), per dataset; "
+    return ctx.figure(plots.plot_associations(ctx.measures, ctx.associations, by=stats.BY), "associations",
+                      "Final training error against alignment (aligned fraction) and against size (d), per dataset "
+                      "and model family (standard and EE sizes are not comparable, so they are never pooled); "
                       "titles give Spearman ρ with its bootstrap interval.", "correlation scatter plots")
 
 

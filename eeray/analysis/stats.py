@@ -25,6 +25,8 @@ OUTCOME, ALIGNMENT, SIZE = "final_train_error", "aligned_fraction", "d"
 ASSOCIATIONS = ("error ~ alignment", "error ~ size", "alignment ~ size", "error ~ alignment | size",
                 "error ~ size | alignment")
 PARTIALS = ASSOCIATIONS[3:]
+BY = ("dataset", "family")  # per dataset, and per model family: standard and EE sizes d are not comparable
+STABLE_SHARE = 0.8  # a verdict is stated when at least this share of seed resamples reaches it
 
 
 def _varies(a: np.ndarray) -> bool:
@@ -125,14 +127,16 @@ def _interval(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignment: str = ALIGNMENT,
-                      size: str = SIZE, by: Sequence[str] = ("dataset",), cluster: str = "seed", n_boot: int = 1000,
+                      size: str = SIZE, by: Sequence[str] = BY, cluster: str = "seed", n_boot: int = 1000,
                       seed: int = 0, level: float = 0.95, completed_only: bool = True) -> pd.DataFrame:
     """One row per (group, association): Spearman and Kendall estimates, their bootstrap intervals and p-values,
     the number of trials and seeds, whether the Spearman interval excludes 0, and why the correlations are undefined
     when they are (``undefined_because``: a column constant in the group, or fewer than 3 trials).
 
     ``measures`` is :func:`eeray.analysis.trial_measures`' table (or any frame with these columns); ``by`` splits
-    it (docs/paper-choices.md (F41): per dataset); rows missing one of the three columns are dropped (failed trials)."""
+    it: per dataset (docs/paper-choices.md (F41)) and per model family, since standard and EE parameter counts are
+    not comparable (pass ``by=("dataset",)`` to pool the families, and say so); rows with a missing value in the
+    three columns are left out (failed trials)."""
     for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
                      *(("by", b) for b in by)):
         if col not in measures.columns:
@@ -184,9 +188,11 @@ def verdict(align_survives: bool, size_survives: bool, undefined_because: str = 
         (align_survives, size_survives)]
 
 
-def survival_table(associations: pd.DataFrame) -> pd.DataFrame:
+def survival_table(associations: pd.DataFrame, stability: pd.DataFrame | None = None) -> pd.DataFrame:
     """The compact answer per group: both partial correlations with their intervals, whether each survives
-    (its interval excludes 0) and a one-line verdict."""
+    (its interval excludes 0) and a one-line verdict. With ``stability`` (:func:`verdict_stability`, same groups)
+    also the share of seed resamples reaching the verdict; below :data:`STABLE_SHARE` the verdict line says the
+    answer is not stable instead of stating it."""
     cols = list(associations.columns)
     by = cols[:cols.index("association")]  # the grouping columns come first
     out = []
@@ -201,4 +207,116 @@ def survival_table(associations: pd.DataFrame) -> pd.DataFrame:
                     "error ~ size | alignment": _fmt(s), "size survives": "yes" if s["excludes_zero"] else "no",
                     "verdict": verdict(bool(a["excludes_zero"]), bool(s["excludes_zero"]), why),
                     "intervals resample": a["unit"]})
-    return pd.DataFrame(out)
+    table = pd.DataFrame(out)
+    if stability is None:
+        return table
+    table = table.merge(stability[[*by, "verdict", "stability", "resamples", "stable", "why_unstable"]]
+                        .rename(columns={"verdict": "_v"}), on=by, how="left", validate="one_to_one")
+    short = [("undefined" if v.startswith("undefined") else v.split(";")[0]) for v in table["verdict"]]
+    if table["_v"].isna().any() or [str(v) for v in table["_v"]] != short:
+        raise ValueError("stability was computed for other groups, results or bootstrap settings than "
+                         "associations (give verdict_stability the same measures, n_boot and seed)")
+    table["verdict"] = [v if ok else f"not stable: {why}" for v, ok, why in
+                        zip(table["verdict"], table["stable"], table["why_unstable"])]
+    return table.drop(columns=["_v", "why_unstable"])
+
+
+# --------------------------------------------------------------------------- does the verdict hold on a rerun?
+def _batch_partials(x: np.ndarray) -> np.ndarray:
+    """Both partial Spearman correlations (error ~ alignment | size, error ~ size | alignment) of every resample in
+    ``x`` (B, N, 3): (B, 2). The two numbers of :func:`estimates` the verdict reads, for B resamples at once (the
+    inner loop of the double bootstrap); NaN where a column is constant in a resample."""
+    r = stats.rankdata(x, axis=1)  # (B, N, 3), ties averaged as in estimates
+    r = r - r.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = np.einsum("bni,bnj->bij", r, r)  # (B, 3, 3)
+        sd = np.sqrt(np.einsum("bii->bi", cov))
+        rho = cov / (sd[:, :, None] * sd[:, None, :])
+        ea, es, as_ = rho[:, 0, 1], rho[:, 0, 2], rho[:, 1, 2]
+        p1 = (ea - es * as_) / np.sqrt((1 - es ** 2) * (1 - as_ ** 2))
+        p2 = (es - ea * as_) / np.sqrt((1 - ea ** 2) * (1 - as_ ** 2))
+    return np.stack([p1, p2], axis=1)
+
+
+def _cluster_partials(arr: np.ndarray, groups: list[np.ndarray], n_boot: int,
+                      rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, 2) partials of cluster-bootstrap resamples of ``arr`` (n, 3), ``groups`` = row indices per cluster;
+    resamples of equal length (clusters of unequal size give several) are computed as one batch."""
+    draws = rng.integers(0, len(groups), (n_boot, len(groups)))
+    rows = [np.concatenate([groups[i] for i in d]) for d in draws]
+    out = np.empty((n_boot, 2))
+    lengths = np.array([len(r) for r in rows])
+    for n in np.unique(lengths):
+        which = np.flatnonzero(lengths == n)
+        out[which] = _batch_partials(arr[np.stack([rows[w] for w in which])])
+    return out
+
+
+def _verdict_key(point: np.ndarray, reps: np.ndarray, level: float) -> tuple:
+    """(alignment survives, size survives) as :func:`survival_table` decides it, from the two partials ``point``
+    (2,) and their bootstrap replicates (n, 2); ('undefined',) when a partial is undefined."""
+    if not np.isfinite(point).all():
+        return ("undefined",)
+    lo, hi = _interval(reps, level)
+    return tuple(bool(lo[i] > 0 or hi[i] < 0) for i in range(2))  # an undefined interval: does not survive
+
+
+def _key_text(key: tuple) -> str:
+    return "undefined" if key == ("undefined",) else verdict(*key).split(";")[0]
+
+
+def verdict_stability(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignment: str = ALIGNMENT,
+                      size: str = SIZE, by: Sequence[str] = BY, cluster: str = "seed", n_boot: int = 1000,
+                      n_outer: int = 200, n_inner: int = 200, seed: int = 0, level: float = 0.95,
+                      completed_only: bool = True, stable_share: float = STABLE_SHARE) -> pd.DataFrame:
+    """How often a rerun with other seeds would reach the same verdict, per group: a double cluster bootstrap.
+
+    The verdict of the data (intervals from ``n_boot`` seed resamples, as :func:`association_table`) is compared
+    with the verdicts of ``n_outer`` reruns simulated by drawing the seeds with replacement (each drawn copy a seed
+    of its own), each judged the same way with its own ``n_inner``-resample cluster bootstrap. ``stability`` is the
+    share of reruns with the data's verdict; ``stable`` whether it reaches ``stable_share``. With fewer than 3
+    seeds there is nothing to rerun from (stability NaN, not stable). Deterministic for a given ``seed``."""
+    for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
+                     *(("by", b) for b in by)):
+        if col not in measures.columns:
+            raise ValueError(f"{arg}={col!r} is not a column of measures; "
+                             f"columns: {sorted(map(str, measures.columns))}")
+    for arg, v in (("n_outer", n_outer), ("n_inner", n_inner)):
+        if not (isinstance(v, int) and v >= 10):
+            raise ValueError(f"{arg} must be an integer >= 10; got {v!r}")
+    data = measures[measures["status"] == "completed"] if completed_only and "status" in measures else measures
+    data = data.dropna(subset=[outcome, alignment, size])
+    rows = []
+    for key, g in (data.groupby(list(by), sort=True) if by else [((), data)]):
+        key = key if isinstance(key, tuple) else (key,)
+        arr = g[[outcome, alignment, size]].astype(float).to_numpy()  # (trials, 3)
+        clusters = g[cluster].to_numpy()
+        answer = survival_table(association_table(g, outcome=outcome, alignment=alignment, size=size, by=(),
+                                                  cluster=cluster, n_boot=n_boot, seed=seed, level=level,
+                                                  completed_only=False)).iloc[0]
+        full = ("undefined",) if answer["verdict"].startswith("undefined") else (
+            answer["alignment survives"] == "yes", answer["size survives"] == "yes")
+        seeds = np.unique(clusters)
+        row = {**dict(zip(by, key)), "verdict": _key_text(full), "seeds": len(seeds), "resamples": n_outer}
+        if len(seeds) < 3:
+            rows.append({**row, "stability": np.nan, "stable": False, "other_verdicts": "",
+                         "why_unstable": f"{len(seeds)} seed(s): too few to tell whether the verdict holds on a "
+                                         "rerun (at least 3, better 6)"})
+            continue
+        rng = np.random.default_rng(seed + 1)
+        groups = [np.flatnonzero(clusters == c) for c in seeds]
+        found: dict[tuple, int] = {}
+        for _ in range(n_outer):
+            drawn = rng.integers(0, len(groups), len(groups))
+            rerun = arr[np.concatenate([groups[i] for i in drawn])]  # a simulated rerun: its own S seeds
+            starts = np.cumsum([0] + [len(groups[i]) for i in drawn])
+            inner = _cluster_partials(rerun, [np.arange(a, b) for a, b in zip(starts[:-1], starts[1:])], n_inner, rng)
+            k = _verdict_key(_batch_partials(rerun[None])[0], inner, level)
+            found[k] = found.get(k, 0) + 1
+        share = found.get(full, 0) / n_outer
+        others = sorted(((n, k) for k, n in found.items() if k != full), reverse=True)
+        other_text = "; ".join(f"{_key_text(k)} {n / n_outer:.0%}" for n, k in others)
+        rows.append({**row, "stability": share, "stable": share >= stable_share, "other_verdicts": other_text,
+                     "why_unstable": f"only {share:.0%} of {n_outer} seed resamples reach '{_key_text(full)}' "
+                                     f"(others: {other_text or 'none'}); more seeds are needed for an answer"})
+    return pd.DataFrame(rows)

@@ -67,12 +67,13 @@ def mean_std_table(measures: pd.DataFrame, value: str, index: Sequence[str], col
 
 
 def table6(measures: pd.DataFrame, value: str = "final_test_error", *, scale: float = 100.0) -> dict[str, pd.DataFrame]:
-    """Table-6 style: for every EE method (exploitation optimizer G̃) and learning rate of G, rows ε and columns τ0,
-    'mean (std)' over seeds of ``value`` (in percent with the default ``scale``). Keyed '<method> · lr=<lr>'."""
-    _check(measures, "measures", ["method", "cfg.optim.lr", "cfg.ee.epsilon", "cfg.ee.tau"])
-    ee = measures[measures["method"] != "standard"]
-    return {f"{m} · lr={lr:g}": mean_std_table(g, value, ["cfg.ee.epsilon"], ["cfg.ee.tau"], scale=scale)
-            for (m, lr), g in ee.groupby(["method", "cfg.optim.lr"], sort=True)}
+    """Table-6 style: for every EE variant (exploitation optimizer G̃) and learning rate of G, rows ε and columns τ0,
+    'mean (std)' over seeds of ``value`` (in percent with the default ``scale``). Keyed '<variant> · lr=<lr>', the
+    variant named as in the trial names."""
+    _check(measures, "measures", ["family", "variant", "cfg.optim.lr", "cfg.ee.epsilon", "cfg.ee.tau"])
+    ee = measures[measures["family"] == "ee"]
+    return {f"{v} · lr={lr:g}": mean_std_table(g, value, ["cfg.ee.epsilon"], ["cfg.ee.tau"], scale=scale)
+            for (v, lr), g in ee.groupby(["variant", "cfg.optim.lr"], sort=True)}
 
 
 # --------------------------------------------------------------------------- Lemma 5 (sine-wave sensitivity)

@@ -23,11 +23,12 @@ def local_ray():
 
 
 def make_pool():
+    from eeray.diagnostics.alignment import AlignmentOptions
     from eeray.raytune.diagnostics_pool import DiagnosticsPool
 
     model, x, y = ee_setup()
-    return DiagnosticsPool(model, x, num_actors=2, num_cpus=0.5, tracker_options=dict(y=y, loss="ce",
-                                                                                         method="dense")), model
+    return DiagnosticsPool(model, x, num_actors=2, num_cpus=0.5, y=y, loss="ce",
+                           options=AlignmentOptions(method="dense")), model
 
 
 def killer(pool, times):

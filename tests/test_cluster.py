@@ -308,6 +308,10 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: has_rows(results, "cluster"), 300, "the first Parquet chunk")
+        first = min(p.stat().st_mtime for p in (results / "cluster" / "steps").rglob("*.parquet"))
+        state = results / "checkpoints" / "tune"
+        wait_for(lambda: any(p.stat().st_mtime > first + 1 for p in state.glob("experiment_state-*.json")), 120,
+                 "Tune's experiment state saved after a trial checkpoint")  # so --resume restores from it
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver (its session), mid-study, without any cleanup
         driver.wait(timeout=30)
@@ -322,6 +326,9 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
     assert finals.equals(ref_finals), (finals, ref_finals)
     assert steps.equals(ref_steps)
     check_mlflow(results, "cluster", ref_finals.index)
+    resumed = res.trials[res.trials.attempts == 2]  # continued from a checkpoint the lost driver's attempt left
+    assert len(resumed) and (res.trials.attempts <= 2).all(), res.trials[["trial_name", "attempts"]]
+    assert all(json.loads(e) == ["the driver was lost; continued with --resume"] for e in resumed.attempt_errors)
     assert "2 trials (2 completed, 0 failed)" in out.stdout and f"the Ray cluster at {cluster.address}" in out.stdout
     report("driver loss", attempts=list(res.trials.attempts), attempt_nodes=list(res.trials.attempt_nodes),
            steps_rows_at_kill=len(before.steps), steps_rows_after=len(res.steps), reference_rows=len(ref_steps),

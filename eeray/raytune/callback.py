@@ -54,6 +54,10 @@ class StudyCallback(tune.Callback):
     # ----------------------------------------------------------------------- Tune hooks
     def on_trial_start(self, iteration, trials, trial, **info):
         self._child(trial)
+        if trial.trial_id not in self.attempts and trial.checkpoint is not None:  # begun by a driver now lost
+            self.attempts[trial.trial_id] = 1
+            self.where[trial.trial_id] = [{"node": (trial.last_result or {}).get("node_ip"), "actors": [],
+                                           "error": "the driver was lost; continued with --resume"}]
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self.where.setdefault(trial.trial_id, []).append({"node": None, "actors": [], "error": None})
 

@@ -192,37 +192,54 @@ def test_without_address_a_study_starts_its_own_ray_beside_a_running_cluster(clu
 
 
 # --------------------------------------------------------------------------- faults
+def early_running_trial(results: Path, study: str):
+    """(trial_id, node IP) of a trial that has reported at most 10 of its 31 results and not finished, from
+    Tune's per-trial result.json (each result carries Tune's node_ip); None while there is none."""
+    for path in sorted((results / "checkpoints" / "tune").glob("*/result.json")):
+        try:
+            last = json.loads(path.read_text().strip().splitlines()[-1])
+        except (IndexError, ValueError, OSError):
+            continue  # not written yet, or half a line
+        done = any((results / study / "trials").rglob(f"{path.parent.name}.parquet"))
+        if not done and 1 <= last.get("training_iteration", 0) <= 10 and last.get("node_ip"):
+            return path.parent.name, last["node_ip"]
+    return None
+
+
 def test_a_lost_worker_node_is_retried_on_a_surviving_node_from_its_checkpoint(cluster, reference):
     results = Path(tempfile.mkdtemp(prefix="nodeloss-", dir=cluster.shared))
-    lost = cluster.node("w1")
     driver = cluster.run(study_cmd(cluster, results, "--smoke"), cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
+    lost = None
     try:
-        # both trials running (one per worker: each has 1 CPU), so one of them is on w1 when it goes
-        wait_for(lambda: has_rows(results, "cluster", trials=2), 300, "a Parquet chunk from both trials")
+        wait_for(lambda: early_running_trial(results, "cluster"), 300, "a trial early in its run")
+        trial_id, ip = early_running_trial(results, "cluster")
+        lost = next(n for n in cluster.nodes if n.ip == ip)
         before = load(results, "cluster")
-        killed = cluster.kill("w1")  # its raylet, workers and agents: SIGKILL, no cleanup
+        killed = cluster.kill(lost.name)  # its raylet, workers and agents: SIGKILL, no cleanup
         out, _ = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             driver.kill()
-        cluster.restart("w1")  # a replacement node, for the tests after this one
+        if lost is not None:
+            cluster.restart(lost.name)  # a replacement node, for the tests after this one
     assert driver.returncode == 0, out[-5000:]
     res = load(results, "cluster")
-    assert len(before.trials) < 2 and killed
+    assert lost.name != "head" and trial_id not in set(before.trials.trial_id) and killed
     assert set(res.trials.status) == {"completed"} and len(res.trials) == 2
     assert not res.steps.duplicated(["trial_id", "step", "phase"]).any()  # every row exactly once
     retried = res.trials[res.trials.attempts > 1]
-    assert len(retried) == 1, res.trials[["trial_name", "attempts", "attempt_nodes"]]
+    assert list(retried.trial_id) == [trial_id], res.trials[["trial_name", "attempts", "attempt_nodes"]]
     nodes = json.loads(retried.attempt_nodes.iloc[0])
-    assert nodes[0] == lost.ip and nodes[-1] != lost.ip, nodes  # lost on w1, finished on the surviving node
+    assert nodes[0] == lost.ip and nodes[-1] != lost.ip, nodes  # lost with its node, finished on the other
     assert json.loads(retried.attempt_errors.iloc[0])[0], retried.attempt_errors.iloc[0]  # why attempt 1 ended
     finals, steps = comparable(res)
     ref_finals, ref_steps = comparable(load(reference, "cluster"))
     assert finals.equals(ref_finals), (finals, ref_finals)  # bitwise: DataFrame.equals compares exact values
     assert steps.equals(ref_steps)
     check_mlflow(results, "cluster", ref_finals.index)
-    report("node loss", node_lost=f"w1 {lost.ip} ({len(killed)} processes)", retried=retried.trial_name.iloc[0],
+    report("node loss", node_lost=f"{lost.name} {lost.ip} ({len(killed)} processes)",
+           retried=retried.trial_name.iloc[0],
            attempts=int(retried.attempts.iloc[0]), attempt_nodes=nodes,
            attempt_error=json.loads(retried.attempt_errors.iloc[0])[0][:120],
            steps_rows_at_kill=len(before.steps), steps_rows_after=len(res.steps),
@@ -291,6 +308,10 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
                          stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: has_rows(results, "cluster"), 300, "the first Parquet chunk")
+        first = min(p.stat().st_mtime for p in (results / "cluster" / "steps").rglob("*.parquet"))
+        state = results / "checkpoints" / "tune"
+        wait_for(lambda: any(p.stat().st_mtime > first + 1 for p in state.glob("experiment_state-*.json")), 120,
+                 "Tune's experiment state saved after a trial checkpoint")  # so --resume restores from it
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver (its session), mid-study, without any cleanup
         driver.wait(timeout=30)
@@ -305,6 +326,9 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
     assert finals.equals(ref_finals), (finals, ref_finals)
     assert steps.equals(ref_steps)
     check_mlflow(results, "cluster", ref_finals.index)
+    resumed = res.trials[res.trials.attempts == 2]  # continued from a checkpoint the lost driver's attempt left
+    assert len(resumed) and (res.trials.attempts <= 2).all(), res.trials[["trial_name", "attempts"]]
+    assert all(json.loads(e) == ["the driver was lost; continued with --resume"] for e in resumed.attempt_errors)
     assert "2 trials (2 completed, 0 failed)" in out.stdout and f"the Ray cluster at {cluster.address}" in out.stdout
     report("driver loss", attempts=list(res.trials.attempts), attempt_nodes=list(res.trials.attempt_nodes),
            steps_rows_at_kill=len(before.steps), steps_rows_after=len(res.steps), reference_rows=len(ref_steps),

@@ -4,7 +4,6 @@ failed one with its reason, and Q_T and q_evaluations are unchanged (a failed ev
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local test Ray only

@@ -37,6 +37,7 @@ class StudyRecorder:
         self.names: dict[str, str] = {}  # trial id -> readable name
         self._reopened: set[str] = set()  # MLflow runs this driver has created or set RUNNING again
         self.where: dict[str, list[dict[str, Any]]] = {}  # per attempt: node, actor nodes, why it ended
+        self.continued: set[str] = set()  # trials this driver continued from a checkpoint a lost driver left
         self.done_before = 0  # trials already finished when this run started (resume)
         self.t0 = time.time()
         self._last_progress = 0.0
@@ -44,6 +45,10 @@ class StudyRecorder:
 
     # ----------------------------------------------------------------------- Tune hooks
     def on_trial_start(self, trial) -> None:
+        if trial.trial_id not in self.attempts and trial.checkpoint is not None:  # begun by a driver now lost
+            self.continued.add(trial.trial_id)
+            self.where[trial.trial_id] = [{"node": (trial.last_result or {}).get("node_ip"), "actors": [],
+                                           "error": "the driver was lost; continued with --resume"}]
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self.names[trial.trial_id] = self.study.trial_name(trial.config)
         self.where.setdefault(trial.trial_id, []).append({"node": None, "actors": [], "error": None})
@@ -142,8 +147,10 @@ class StudyRecorder:
         cfg = self._config(trial)
         row = {**{k: v for k, v in summary.items() if k != "status"},
                "trial_name": self.names.get(trial.trial_id) or self.study.trial_name(trial.config), "status": status,
-               # Tune's own count survives driver restarts: 1 + the failures it retried (node loss, ...)
-               "attempts": 1 + int(getattr(trial, "num_failures", 0)), "git_commit": self.git_commit,
+               # Tune's own count survives driver restarts: 1 + the failures it retried (node loss, ...), + 1 when
+               # this driver continued the trial from a checkpoint that a lost driver's attempt left
+               "attempts": 1 + int(getattr(trial, "num_failures", 0)) + (trial.trial_id in self.continued),
+               "git_commit": self.git_commit,
                **self._where_fields(trial.trial_id),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()

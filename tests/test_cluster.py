@@ -195,7 +195,8 @@ def test_without_address_a_study_starts_its_own_ray_beside_a_running_cluster(clu
 def early_running_trial(results: Path, study: str):
     """(trial_id, node IP) of a trial that has reported at most 10 of its 31 results and not finished, from
     Tune's per-trial result.json (each result carries Tune's node_ip); None while there is none."""
-    for path in sorted((results / "checkpoints" / "tune").glob("*/result.json")):
+    # a --storage the user names holds <storage>/<study>/<execution>/<segment>/<trial>/
+    for path in sorted((results / "checkpoints" / study).glob("*/tune/*/result.json")):
         try:
             last = json.loads(path.read_text().strip().splitlines()[-1])
         except (IndexError, ValueError, OSError):
@@ -309,8 +310,8 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
     try:
         wait_for(lambda: has_rows(results, "cluster"), 300, "the first Parquet chunk")
         first = min(p.stat().st_mtime for p in (results / "cluster" / "steps").rglob("*.parquet"))
-        state = results / "checkpoints" / "tune"
-        wait_for(lambda: any(p.stat().st_mtime > first + 1 for p in state.glob("experiment_state-*.json")), 120,
+        state = results / "checkpoints" / "cluster"
+        wait_for(lambda: any(p.stat().st_mtime > first + 1 for p in state.glob("*/tune/experiment_state-*.json")), 120,
                  "Tune's experiment state saved after a trial checkpoint")  # so --resume restores from it
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver (its session), mid-study, without any cleanup

@@ -21,7 +21,7 @@ from urllib.parse import quote
 import pytest
 from mlflow.tracking import MlflowClient
 
-from eeray.mlflow_mirror import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowTracker, classic_view_url
+from eeray.mlflow_mirror import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowTracker, classic_view_url, metric_points
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHILD_RUNS_SHOWN = 10  # the parent run page lists this many child runs, then a "Load more" button
@@ -228,11 +228,11 @@ def mirror_ui(tmp_path_factory):
     for i, name in enumerate(("standard data=random16 m_c=1 seed=0", "ee c=2 data=random16 m_c=1 seed=0")):
         run = tracker.child(f"t{i}", name, {"optim.lr": 0.1}, {})
         for epoch in range(1, 7):  # 5 optimizer steps per epoch, one chunk per epoch
-            rows = [{"step": epoch * 5, "error": 0.9 / epoch, "loss": 2.3 / epoch ** 0.5}]
-            tracker.log_chunk(run, f"{epoch * 5:09d}-epoch", {"train": (rows, "train_")})
+            rows = [{"step": epoch * 5, "train_error": 0.9 / epoch, "train_loss": 2.3 / epoch ** 0.5}]
+            tracker.log_points(run, metric_points(rows, []))
         tracker.finish_trial(run, "FINISHED", {"final_train_error": 0.15})
         children.append(run)
-    tracker.finish_study()
+    tracker.finish_study("FINISHED")
     steps = {k: len(tracker.client.get_metric_history(children[0], k))
              for k in tracker.client.get_run(children[0]).data.metrics}
     assert steps == {"train_error": 6, "train_loss": 6, "final_train_error": 1}

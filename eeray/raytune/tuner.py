@@ -126,16 +126,19 @@ def run_study(study: Study, profile: str, args) -> int:
     try:
         _check_study_dir(results_dir, study_dir)
         continuing = bool(args.resume or getattr(args, "extend", False))
-        if continuing and not (study_dir / EXECUTION_FILE).exists():
-            raise _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
+        nothing = _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
                            f"'{study.name}' to continue under {study_dir}")
+        if continuing and not study_dir.exists():
+            raise nothing
         _make_study_dir(study_dir, study.name)
-        lock = StudyLock(study_dir).acquire()
+        lock = StudyLock(study_dir).acquire()  # first: a live driver is named before anything else is judged
     except (_Refused, StudyLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
         try:
+            if continuing and not (study_dir / EXECUTION_FILE).exists():
+                raise nothing
             meta, write = _execution(study, profile, args, study_dir, continuing)
             # before the execution is written: a cluster that refuses the driver or the storage leaves no trace
             cluster = connect(args.address, _storage(study_dir, meta))
@@ -304,8 +307,12 @@ def _delete_study_contents(study_dir: Path, name: str) -> None:
 
 
 def _storage(study_dir: Path, meta: dict) -> str:
+    """Where this execution's Tune experiments live: ``_tune`` inside the study directory, or, under a storage the
+    user named (which other studies and executions may share), ``<storage>/<study>/<execution>``."""
     s = meta["storage"]
-    return s if "://" in s or os.path.isabs(s) else str(study_dir / s)
+    if s == TUNE_DIR:
+        return str(study_dir / s)
+    return f"{s.rstrip('/')}/{meta['study']}/{meta['execution']}"
 
 
 def _write_execution(study_dir: Path, meta: dict) -> None:

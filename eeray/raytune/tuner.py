@@ -25,6 +25,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from us
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record: no CSV/TBX copies
 # checkpoints are bounded by design (every k epochs + the switch); the snapshot-frequency warning is not actionable
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# the experiment state is saved at every step of Tune's loop: it names each trial's latest checkpoint, and with
+# CheckpointConfig(num_to_keep=2) an older snapshot can name one already rotated away, which a driver killed at
+# that moment could never restore ("does not exist on storage anymore")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 

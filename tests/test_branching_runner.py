@@ -12,13 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import ROOT, run_study
-from test_integrity_runner import assert_mlflow_mirrors_parquet
+from mlflow.tracking import MlflowClient
 
+from eeray.mlflow_mirror import _number, metric_points
 from eeray.results import load
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STUDY = "tests/studies/branching_study.py"
-TIMING = ("explore_seconds", "exploit_seconds", "eval_seconds", "train_seconds", "setup_seconds")
 TREE = {"ee eps=0.01 tau0=0.75": None,  # the trunk: the larger τ0, the first ε
         "ee eps=0.0001 tau0=0.75": 20, "ee eps=0.01 tau0=0.5": 12, "ee eps=0.0001 tau0=0.5": 12,
         "standard": None}  # the baseline trains the base model: not in the tree
@@ -34,11 +34,34 @@ def named(results_dir):
     out = {"trials": trials}
     for table in ("steps", "diagnostics"):
         frame = getattr(res, table)
-        frame = frame.drop(columns=[c for c in frame.columns if c in (*TIMING, "study")])
+        frame = frame.drop(columns=[c for c in frame.columns if "seconds" in c or c == "study"])  # timings
         frame = frame.assign(trial_id=frame.trial_id.map(names))
         out[table] = frame.sort_values(["trial_id", "step", *(["phase"] if "phase" in frame else [])],
                                        kind="stable").reset_index(drop=True)
     return out
+
+
+def assert_mlflow_mirrors_parquet(results_dir):
+    """Every child run holds exactly the points of load()'s rows (a branch's prefix included) and its numeric
+    final metrics: none missing, none twice, none extra; no run left RUNNING."""
+    client = MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("branching").experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}
+    children = {r.data.tags["eeray.trial_id"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    res = load(results_dir, "branching")
+    assert sorted(children) == sorted(res.trials.trial_id)
+    for trial in res.trials.to_dict("records"):
+        tid = trial["trial_id"]
+        want = set(metric_points(res.steps[res.steps.trial_id == tid].to_dict("records"),
+                                 res.diagnostics[res.diagnostics.trial_id == tid].to_dict("records")))
+        want |= {(k, 0, float(_number(v))) for k, v in trial.items() if k.startswith("final_") and
+                 _number(v) is not None}
+        run = children[tid]
+        got = [(m.key, m.step, m.value) for key in run.data.metrics
+               for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(got) == len({(k, s) for k, s, _ in got}), f"{trial['trial_name']}: a metric point is duplicated"
+        assert set(got) == want, (trial["trial_name"], sorted(set(got) ^ want)[:10])
+    return client, runs
 
 
 def assert_same_tables(got_dir, want_dir):
@@ -57,7 +80,7 @@ def runs(tmp_path_factory):
     assert "5 trials (5 completed, 0 failed)" in out.stdout
     assert "branching: 1 trunk(s) explore once for 3 branch(es)" in out.stdout
     out = run_study(STUDY, scratch, "--smoke", "--no-branching")
-    assert "5 trials (5 completed, 0 failed)" in out.stdout and "branching:" not in out.stdout
+    assert "5 trials (5 completed, 0 failed)" in out.stdout and "explore once" not in out.stdout
     return branched, scratch
 
 
@@ -91,14 +114,9 @@ def test_a_branched_study_records_what_the_study_records_from_scratch(runs):
 
 def test_the_mlflow_run_of_a_branch_shows_its_whole_curve(runs):
     branched, _ = runs
-    assert_mlflow_mirrors_parquet(branched, study="branching")  # every point of load()'s expanded rows, once
+    client, runs = assert_mlflow_mirrors_parquet(branched)  # every point of load()'s expanded rows, once
     res = load(branched, "branching")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{branched / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("branching")
-    run = next(r for r in client.search_runs([exp.experiment_id])
-               if r.data.tags.get("mlflow.runName") == "ee eps=0.0001 tau0=0.5")
+    run = next(r for r in runs if r.data.tags.get("mlflow.runName") == "ee eps=0.0001 tau0=0.5")
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
     assert min(steps) == 0 and 12 in steps and max(steps) == int(res.trials.total_steps.max())
 
@@ -146,7 +164,7 @@ def test_a_driver_killed_mid_tree_resumes_without_rerunning_the_trunk(runs, tmp_
     assert (res.trials.attempts == 1).all()
     assert_same_tables(tmp_path, scratch)
     assert not list((tmp_path / "branching" / "_tune" / "branch_states").rglob("*.pt"))
-    assert_mlflow_mirrors_parquet(tmp_path, study="branching")
+    assert_mlflow_mirrors_parquet(tmp_path)
 
 
 def test_a_trunk_that_fails_before_its_branch_points_fails_its_branches_with_its_reason(tmp_path):

@@ -70,11 +70,21 @@ def check_storage(storage: str) -> str | None:
     return None
 
 
-class Branching:
-    """One segment's plan with its state store: what the searcher, the trainables and the callback share."""
+_ACTIVE: dict[str, "Branching"] = {}  # segment -> the running driver's Branching (see PointsSearch.restore)
 
-    def __init__(self, roles: dict[str, Role], root: str):
-        self.roles, self.root = roles, root
+
+def active(segment: str) -> "Branching":
+    return _ACTIVE[segment]
+
+
+class Branching:
+    """One segment's plan with its state store: what the searcher, the trainables and the callback share. The
+    driver's own instance is registered under the segment's name, so a searcher unpickled by ``Tuner.restore``
+    reads the states where they are now (a results directory copied elsewhere resumes there)."""
+
+    def __init__(self, roles: dict[str, Role], root: str, segment: str):
+        self.roles, self.root, self.segment = roles, root, segment
+        _ACTIVE[segment] = self
 
     @property
     def store(self) -> BranchStateStore:

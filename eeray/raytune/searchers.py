@@ -81,6 +81,13 @@ class PointsSearch(_PicklingSearcher):
             self._points, self._names = [self._points[i] for i in order], [self._names[i] for i in order]
         self._suggested: list[bool] = [False] * len(self._points)
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._branching is not None:  # the states where this driver keeps them, not where the pickle's did
+            from eeray.raytune.branches import active
+
+            self._branching = active(self._branching.segment)
+
     def suggest(self, trial_id: str) -> dict | None:
         if all(self._suggested):
             return Searcher.FINISHED

@@ -218,7 +218,7 @@ def _branching(study: Study, storage: str, seg: dict):
     trunks = sum(r.kind == "trunk" for r in roles.values())
     print(f"branching: {trunks} trunk(s) explore once for {sum(r.kind == 'branch' for r in roles.values())} "
           f"branch(es) in {seg['name']} (--no-branching runs every trial from scratch)", flush=True)
-    return branches.Branching(roles, os.path.join(branches.states_root(storage), seg["name"]))
+    return branches.Branching(roles, os.path.join(branches.states_root(storage), seg["name"]), seg["name"])
 
 
 def _finished(results_dir: Path, study: str) -> dict[str, str]:

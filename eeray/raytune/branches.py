@@ -17,6 +17,7 @@ from eeray.branching import BranchStateStore, plan_trees, steps_per_epoch_of, tr
 
 STATES_DIR = "branch_states"
 TRUNK_FAILED = "trunk_failed.json"
+FAILED_BY_TRUNK = "its trunk "  # how a branch's failure reason starts when its trunk never offered its state
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,9 @@ class StudyRecorder:
         b, role = self._role(name)
         if role is None or role.kind != "branch":
             return {"trunk_trial_id": None, "branch_step": None}
-        if status == "failed" and str(summary.get("failure_reason", "")).startswith("its trunk"):
+        from eeray.raytune.branches import FAILED_BY_TRUNK
+
+        if status == "failed" and str(summary.get("failure_reason", "")).startswith(FAILED_BY_TRUNK):
             return {"trunk_trial_id": None, "branch_step": None}
         return {"trunk_trial_id": self._trunk_id(role.trunk), "branch_step": role.step}
 

@@ -124,12 +124,15 @@ def tune_trial(config: dict[str, Any], study, branching=None) -> None:
             run_trial(cfg, _BranchPointSink(sink, branching.store, role.tree), checkpoint=state,
                       branch_points=role.points)
         elif role is not None and role.kind == "branch" and state is None:
+            from eeray.raytune.branches import FAILED_BY_TRUNK
+
             why = branching.trunk_failure(study.trial_name(config))
             store = branching.store
             if not store.has(role.tree, role.step):
-                sink.fail(f"its trunk '{role.trunk}' failed before branch step {role.step}: {why}" if why else
-                          f"the state of its trunk '{role.trunk}' at branch step {role.step} is missing from "
-                          f"{store.root} (deleted by hand?); rerun with --no-branching or --fresh")
+                missing = (f"the state of its trunk '{role.trunk}' at branch step {role.step} is missing from "
+                           f"{store.root} (deleted by hand?); rerun with --no-branching or --fresh")
+                sink.fail(f"{FAILED_BY_TRUNK}'{role.trunk}' failed before branch step {role.step}: {why}" if why
+                          else missing)
                 return
             run_trial(cfg, sink, branch_from=store.get(role.tree, role.step))
         else:

@@ -97,8 +97,6 @@ class PointsSearch(_PicklingSearcher):
             if self._branching is None or self._branching.ready(self._names[i]):
                 self._suggested[i] = True
                 return dict(point)
-            if self._branching is None:
-                break
         return None  # every point left is a branch whose trunk has not reached its branch step yet
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

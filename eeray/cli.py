@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--present-datasets-only", action="store_true", help="run only the study's datasets whose "
                    "files are present, and say which were skipped (default: an absent dataset is an error)")
     p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--no-branching", action="store_true", help="run every trial from scratch, also those that "
+                   "share an exploration prefix (recorded: a --resume must say the same)")
     p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
     return p.parse_args(argv)
 
@@ -98,6 +100,8 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     try:
         study = build(profile)  # may refuse: datasets absent (eeray.data.select_datasets)
         study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
+        if args.no_branching:
+            study = replace(study, branching=False)
         specs = validate_study(study, cluster=bool(args.address))
     except (ConfigError, FileNotFoundError, CorruptDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -44,7 +44,7 @@ def definition(study, profile: str) -> dict[str, Any]:
     settings = {
         "name": study.name, "metric": study.metric, "mode": study.mode, "scheduler": study.scheduler,
         "max_failures": study.max_failures, "require_safe_exploration": study.require_safe_exploration,
-        "samples_per_point": study.samples_per_point,
+        "samples_per_point": study.samples_per_point, "branching": study.branching,
         "search": {k: _domain_text(v) for k, v in sorted(study.search.items())},
         "resources": {"cpu": r.cpu, "gpu": r.gpu, "diag_actors": r.diag_actors, "diag_actor_cpu": r.diag_actor_cpu,
                       "diag_actor_gpu": r.diag_actor_gpu},

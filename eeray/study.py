@@ -68,6 +68,8 @@ class Study:
     scheduler: str = "fifo"  # asha: learning-rate tuning only (it stops exactly the trials a correlation needs)
     resources: Resources = field(default_factory=Resources)
     max_failures: int = 1  # retries from the last checkpoint (node loss, spot pre-emption); divergence is final
+    # trials equal until their τ run that exploration once (eeray.branching; --no-branching: each from scratch)
+    branching: bool = True
     require_safe_exploration: bool = False  # refuse EE trials with m_H·m_{H−1} < n (Assumption 4 impossible)
     # datasets the study asked for but that were absent, skipped at the user's request (--present-datasets-only):
     # name -> why; printed with the study and in its summary
@@ -170,6 +172,9 @@ def _check_study_settings(study: Study) -> None:
         raise ConfigError("study.scheduler", "asha", "early stopping removes the trials a size-vs-alignment "
                           "correlation needs; it is offered only when the study tunes a learning rate "
                           "(study.search with an '...lr' key)")
+    if not isinstance(study.branching, bool):
+        raise ConfigError("study.branching", study.branching, "must be True (trials equal until their τ share that "
+                          "exploration) or False (every trial from scratch)")
     if study.mode not in ("min", "max"):
         raise ConfigError("study.mode", study.mode, "must be 'min' or 'max'")
     from eeray.results import schema

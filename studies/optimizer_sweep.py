@@ -12,7 +12,14 @@ and smoke use LeNet on digits16 (real digits, always available).
 
 Run:      python studies/optimizer_sweep.py
 Smoke:    python studies/optimizer_sweep.py --smoke            # < 2 minutes on 2 cores
-Runtime:  laptop ~40 min on 2 cores (52 trials); paper ~60 GPU-hours (5 seeds × 52 trials, 4 per GPU)
+Runtime:  from scratch: laptop ~40 min on 2 cores (52 trials); paper ~60 GPU-hours (5 seeds × 52 trials, 4 per
+          GPU). Branching (on by default; --no-branching runs every trial from scratch): per (lr, seed) the 12 A
+          trials (G̃ × τ0 × ε) are one tree — G̃ = SGD, τ0 = 0.8, ε = 1e-3 explores once, the other 11 continue
+          from its state at their τ (laptop: 4 trunks, 44 branches, 4 Standard alone). Measured without Ray on
+          CPU (benchmarks/results/branching_cpu.md, LeNet/digits16): 0.65× the A trials' CPU trial-seconds,
+          0.67× the grid's; the laptop and paper runtimes are not re-measured. Smoke (2 trees of 2): 60 instead
+          of 72 optimizer steps, identical results; its wall time is Ray's start-up and within noise (branched
+          35 s and 36 s, from scratch 59 s and 33 s, on the shared 2 cores).
 Expect:   the best learning rate per method (Standard, A with G̃ = SGD) and Table 6: L-BFGS as G̃ not worse
           than SGD at the chosen (τ0, ε).
 """

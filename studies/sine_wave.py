@@ -10,7 +10,9 @@ rank of the exploitation features at θ^τ (the theory's condition for A to reac
 Run:      python studies/sine_wave.py
 Smoke:    python studies/sine_wave.py --smoke                   # < 2 minutes on 2 cores
 E3 only:  python studies/sine_wave.py --profile e3              # the paper's one setting, seeds 0-4, ~10 min
-Runtime:  smoke ~1 min; laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 epochs, 240 trials) ~6 CPU-hours
+Runtime:  smoke ~1 min; laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 epochs, 240 trials) ~6 CPU-hours.
+          Branching is on (the default) but finds no tree: each (choice, seed) has one A(GD) trial, so no two
+          trials share an exploration; a variant over ε or τ would explore once per (choice, seed) (eeray.branching)
 Expect:   per choice, the fraction of seeds where GD gets stuck (final training error > 0) and where A(GD)
           reaches zero training error; A's success tracks the Lemma-5 rank at θ^τ (= n), not the choice itself.
 """

@@ -166,6 +166,7 @@ PRE_RAY_CASES = {
     "max_failures_forever": ("Study('v', BASE, max_failures=-1)",
                              ["'study.max_failures' = -1", "an integer >= 0", "retry forever, is refused"]),
     "max_failures_not_an_int": ("Study('v', BASE, max_failures=True)", ["'study.max_failures' = True"]),
+    "branching_not_a_bool": ("Study('v', BASE, branching='yes')", ["'study.branching' = 'yes'", "must be True"]),
     # sine + FCNet 300 x 2: n = 100, m_(H−1) = 301, m_H = 300 (the replaced width); the budget 1e-4 GiB =
     # 107,374 bytes; the Grams need 8·(100² + 100·(301 + 300) + 2·100) = 562,400 bytes
     "safety_gram_budget": ("Study('v', BASE.replace(**{'diag.memory_budget_gb': 1e-4}))",

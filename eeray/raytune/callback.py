@@ -39,6 +39,9 @@ class StudyRecorder:
         self.where: dict[str, list[dict[str, Any]]] = {}  # per attempt: node, actor nodes, why it ended
         self.continued: set[str] = set()  # trials this driver continued from a checkpoint a lost driver left
         self.done_before = 0  # trials already finished when this run started (resume)
+        self.branching: list = []  # each segment's eeray.raytune.branches.Branching (None: from scratch)
+        self.trials_seen: list = []  # every Tune trial of the running experiment (a branch's trunk is among them)
+        self._prefixed: set[str] = set()  # branches whose MLflow run got its trunk's prefix in this run
         self.t0 = time.time()
         self._last_progress = 0.0
         self._progress_every = progress_every_s
@@ -120,6 +123,75 @@ class StudyRecorder:
         return (f"[{self.study.name}] {done - failed} completed, {running} running, {pending} pending, {failed} "
                 f"failed of {self.expected}; {_duration(elapsed)} elapsed, {eta}")
 
+    # ----------------------------------------------------------------------- branches
+    def _role(self, name: str):
+        """(Branching, Role) of a trial, or (None, None) when it runs from scratch."""
+        for b in self.branching:
+            if b is not None and name in b.roles:
+                return b, b.roles[name]
+        return None, None
+
+    def _trunk_id(self, trunk_name: str) -> str:
+        """The Tune trial id of a trunk: among this experiment's trials, else in Parquet (an earlier driver's)."""
+        for t in self.trials_seen:
+            if self.study.trial_name(t.config) == trunk_name:
+                return t.trial_id
+        from eeray.results import load_table
+
+        trials = load_table(self.results_dir, self.study.name, "trials")
+        ids = list(trials.trial_id[trials.trial_name == trunk_name]) if len(trials) else []
+        if not ids:
+            raise RuntimeError(f"the trunk '{trunk_name}' is neither among this execution's Tune trials nor in "
+                               "Parquet; its branch cannot name it")
+        return ids[0]
+
+    def _branch_fields(self, name: str, status: str, summary: dict[str, Any]) -> dict[str, Any]:
+        """``trunk_trial_id`` / ``branch_step`` of a branch that started from its trunk's state (a branch failed
+        because its trunk never offered that state has no prefix: both stay null, the reason says why)."""
+        b, role = self._role(name)
+        if role is None or role.kind != "branch":
+            return {"trunk_trial_id": None, "branch_step": None}
+        from eeray.raytune.branches import FAILED_BY_TRUNK
+
+        if status == "failed" and str(summary.get("failure_reason", "")).startswith(FAILED_BY_TRUNK):
+            return {"trunk_trial_id": None, "branch_step": None}
+        return {"trunk_trial_id": self._trunk_id(role.trunk), "branch_step": role.step}
+
+    def _log_prefix(self, tracker, trial, run_id: str) -> None:
+        """A branch's MLflow run shows its whole curve: its trunk's points before the branch step, from Parquet
+        (the trunk reported them before its state existed, hence before the branch could start). Once per run
+        of the driver; ``log_points`` never logs a (metric, step) twice."""
+        name = self.names.get(trial.trial_id) or self.study.trial_name(trial.config)
+        _, role = self._role(name)
+        if role is None or role.kind != "branch" or trial.trial_id in self._prefixed:
+            return
+        from eeray.mlflow_mirror import metric_points as points_of
+        from eeray.results import load_table
+
+        trunk = self._trunk_id(role.trunk)
+        rows = {}
+        for table in ("steps", "diagnostics"):
+            frame = load_table(self.results_dir, self.study.name, table)
+            rows[table] = frame[(frame.trial_id == trunk) & (frame.step < role.step)].to_dict("records") \
+                if len(frame) else []
+        tracker.log_points(run_id, points_of(rows["steps"], rows["diagnostics"]))
+        self._prefixed.add(trial.trial_id)
+
+    def _after_end(self, trial, status: str, summary: dict[str, Any]) -> None:
+        """A trunk that failed for good fails its waiting branches (the marker the searcher and trainables read);
+        a tree's states whose branches have all ended are deleted."""
+        name = self.names.get(trial.trial_id) or self.study.trial_name(trial.config)
+        b, role = self._role(name)
+        if role is None or role.kind == "alone":
+            return
+        if role.kind == "trunk" and status == "failed":
+            b.mark_trunk_failed(name, str(summary.get("failure_reason")).splitlines()[0])
+        from eeray.results import load_table
+
+        trials = load_table(self.results_dir, self.study.name, "trials")
+        ended = set(trials.trial_name) if len(trials) else set()
+        b.discard_done(role.tree, ended | {self.names.get(t) for t in self.finished})
+
     # ----------------------------------------------------------------------- helpers
     def _config(self, trial) -> dict[str, Any]:
         """The trial's own report of its config; before its first report (it failed while starting), the config
@@ -139,6 +211,7 @@ class StudyRecorder:
         if known and run_id not in self._reopened:
             tracker.reopen(run_id)  # a run of an earlier, interrupted driver: running again
         self._reopened.add(run_id)
+        self._log_prefix(tracker, trial, run_id)
         return run_id
 
     def _finish(self, trial, status: str, summary: dict[str, Any]) -> None:
@@ -152,12 +225,15 @@ class StudyRecorder:
                "attempts": 1 + int(getattr(trial, "num_failures", 0)) + (trial.trial_id in self.continued),
                "git_commit": self.git_commit,
                **self._where_fields(trial.trial_id),
+               **self._branch_fields(self.names.get(trial.trial_id) or self.study.trial_name(trial.config), status,
+                                     summary),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()
         self.writer.write_trial(trial.trial_id, row, cfg["data.name"])
         t1 = time.perf_counter()
         faults.reached("trial_row")
         self.finished[trial.trial_id] = status
+        self._after_end(trial, status, summary)
 
         def mirror(t):
             run_id = self._child(t, trial)
@@ -201,15 +277,18 @@ class StudyCallback(tune.Callback):
         return _active_callback, ()
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        self.recorder.trials_seen = trials
         self.recorder.on_trial_start(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.recorder.trials_seen = trials
         self.recorder.on_trial_result(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.recorder.on_trial_complete(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self.recorder.trials_seen = trials
         self.recorder.on_trial_error(trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

@@ -64,19 +64,40 @@ class GridOptunaSearch(_PicklingSearcher):
 
 class PointsSearch(_PicklingSearcher):
     """Exactly the study's points, in order, each once: Tune's trial config *is* the point. (Tune's own grid
-    needs a full cartesian product, and a variant that pins an axis makes the study's grid a union of them.)"""
+    needs a full cartesian product, and a variant that pins an axis makes the study's grid a union of them.)
 
-    def __init__(self, points: Sequence[Mapping[str, Any]]):
+    With ``branching`` (:class:`eeray.raytune.branches.Branching`), trunks and trials alone come first and a
+    branch is suggested only once its trunk's state at its branch step exists (or its trunk failed): until then
+    ``suggest`` answers None ("nothing yet", Tune asks again) rather than FINISHED, so no branch ever holds a
+    slot while it waits — with every slot held by a waiting branch the trunk could never run. Which points were
+    suggested is pickled with the experiment, so ``--resume`` suggests each point once."""
+
+    def __init__(self, points: Sequence[Mapping[str, Any]], branching=None, names: Sequence[str] = ()):
         super().__init__()
         self._points = [dict(p) for p in points]
-        self._next = 0
+        self._branching, self._names = branching, list(names)
+        if branching is not None:  # stable: the study's order within trunks/alone, and within branches
+            order = sorted(range(len(self._points)), key=lambda i: branching.role(self._names[i]).kind == "branch")
+            self._points, self._names = [self._points[i] for i in order], [self._names[i] for i in order]
+        self._suggested: list[bool] = [False] * len(self._points)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._branching is not None:  # the states where this driver keeps them, not where the pickle's did
+            from eeray.raytune.branches import active
+
+            self._branching = active(self._branching.segment)
 
     def suggest(self, trial_id: str) -> dict | None:
-        if self._next >= len(self._points):
+        if all(self._suggested):
             return Searcher.FINISHED
-        self._next += 1
-        return dict(self._points[self._next - 1])
+        for i, point in enumerate(self._points):
+            if self._suggested[i]:
+                continue
+            if self._branching is None or self._branching.ready(self._names[i]):
+                self._suggested[i] = True
+                return dict(point)
+        return None  # every point left is a branch whose trunk has not reached its branch step yet
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
-

@@ -76,9 +76,36 @@ def retryable(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
-def tune_trial(config: dict[str, Any], study) -> None:
+class _BranchPointSink:
+    """A trunk's sink: a branch-point state goes to the branch-state store *and* is a Tune checkpoint of the trunk
+    itself (reported first, so the rows before the branch step are on their way to Parquet before any branch can
+    start; and a retried or resumed trunk continues from there, not from an earlier checkpoint)."""
+
+    def __init__(self, inner: TuneSink, store, tree: str):
+        self.inner, self.store, self.tree = inner, store, tree
+
+    def emit(self, table: str, row) -> None:
+        self.inner.emit(table, row)
+
+    def checkpoint(self, make_state: Callable[[], dict], *, step: int, epoch: int, reason: str) -> None:
+        from eeray.branching import BRANCH_POINT
+
+        if reason != BRANCH_POINT:
+            return self.inner.checkpoint(make_state, step=step, epoch=epoch, reason=reason)
+        state = make_state()
+        self.inner.checkpoint(lambda: state, step=step, epoch=epoch, reason=reason)
+        self.store.put(self.tree, step, state)
+
+    def fail(self, reason: str) -> None:
+        self.inner.fail(reason)
+
+
+def tune_trial(config: dict[str, Any], study, branching=None) -> None:
     """The Tune trainable. ``config`` is the grid point (+ Optuna's values); ``study`` comes through
-    ``tune.with_parameters`` (a resumed execution refuses a study that differs from the recorded one)."""
+    ``tune.with_parameters`` (a resumed execution refuses a study that differs from the recorded one), and so
+    does ``branching`` (:class:`eeray.raytune.branches.Branching`, None: every trial from scratch): a trunk offers
+    its branch-point states, a branch starts from its trunk's state — once; its own Tune checkpoints then cover
+    its retries and resumes like any trial's."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one "Checkpoint created" line per epoch
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     share = study.resources.gpu
@@ -86,13 +113,30 @@ def tune_trial(config: dict[str, Any], study) -> None:
         torch.cuda.set_per_process_memory_fraction(share)  # packed trials: each keeps to its share of memory
     cfg = study.config(config)
     sink = TuneSink(to_flat(cfg))
+    role = branching.role(study.trial_name(config)) if branching is not None else None
     try:
         state = None
         ckpt = tune.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:  # tensors, numbers and strings only: no code runs on load
                 state = torch.load(os.path.join(d, STATE_FILE), weights_only=True, map_location="cpu")
-        run_trial(cfg, sink, checkpoint=state)
+        if role is not None and role.kind == "trunk":
+            run_trial(cfg, _BranchPointSink(sink, branching.store, role.tree), checkpoint=state,
+                      branch_points=role.points)
+        elif role is not None and role.kind == "branch" and state is None:
+            from eeray.raytune.branches import FAILED_BY_TRUNK
+
+            why = branching.trunk_failure(study.trial_name(config))
+            store = branching.store
+            if not store.has(role.tree, role.step):
+                missing = (f"the state of its trunk '{role.trunk}' at branch step {role.step} is missing from "
+                           f"{store.root} (deleted by hand?); rerun with --no-branching or --fresh")
+                sink.fail(f"{FAILED_BY_TRUNK}'{role.trunk}' failed before branch step {role.step}: {why}" if why
+                          else missing)
+                return
+            run_trial(cfg, sink, branch_from=store.get(role.tree, role.step))
+        else:
+            run_trial(cfg, sink, checkpoint=state)
     except Exception as exc:  # noqa: BLE001 — sorted below into final and retryable
         if retryable(exc):
             raise

@@ -59,14 +59,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def trainable_of(study: Study):
-    return tune.with_resources(tune.with_parameters(tune_trial, study=study),
+def trainable_of(study: Study, branching=None):
+    return tune.with_resources(tune.with_parameters(tune_trial, study=study, branching=branching),
                                tune.PlacementGroupFactory(study.resources.bundles()))
 
 
 def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: str, callback: StudyCallback,
-               max_concurrent: int | None) -> tune.Tuner:
-    trainable = trainable_of(study)
+               max_concurrent: int | None, branching=None) -> tune.Tuner:
+    trainable = trainable_of(study, branching)
     if study.search:
         from eeray.raytune.searchers import GridOptunaSearch
 
@@ -76,7 +76,7 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
     else:  # exactly the study's points, in order; Tune's config is the point itself
         from eeray.raytune.searchers import PointsSearch
 
-        search_alg = PointsSearch(points)
+        search_alg = PointsSearch(points, branching, [study.trial_name(p) for p in points])
         param_space, num_samples = {}, len(points)
     scheduler = None
     if study.scheduler == "asha":
@@ -174,12 +174,15 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
             for seg in meta["segments"]:
                 through += len(seg["trials"]) * study.samples_per_point
                 path = os.path.join(storage, seg["name"])
+                branching = _branching(study, storage, seg)
+                recorder.branching.append(branching)
                 if tune.Tuner.can_restore(path):
-                    tuner = tune.Tuner.restore(path, trainable_of(study), resume_unfinished=True, resume_errored=True)
+                    tuner = tune.Tuner.restore(path, trainable_of(study, branching), resume_unfinished=True,
+                                               resume_errored=True)
                 else:
                     names = set(seg["trials"])
                     points = [p for p in study.points() if study.trial_name(p) in names]
-                    tuner = make_tuner(study, points, storage, seg["name"], callback, args.max_concurrent)
+                    tuner = make_tuner(study, points, storage, seg["name"], callback, args.max_concurrent, branching)
                 tuner.fit()
                 if len(_finished(results_dir, study.name)) < through:
                     break  # interrupted (Ctrl-C): the later segments wait for --resume
@@ -202,6 +205,27 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         _write_execution(study_dir, meta)  # what the run cost, for benchmarks/orchestration.py
     _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description, args)
     return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED}[outcome]
+
+
+def _branching(study: Study, storage: str, seg: dict):
+    """The segment's trees (:mod:`eeray.raytune.branches`), or None where every trial runs from scratch: the study
+    says so (``Study.branching``, ``--no-branching``), Optuna decides the points, a scheduler may stop a trunk, or
+    the storage is not a shared file system path."""
+    from eeray.raytune import branches
+
+    if not study.branching or study.search or study.scheduler != "fifo":
+        return None
+    why = branches.check_storage(storage)
+    if why:
+        print(f"note: no branching: {why}", flush=True)
+        return None
+    roles = branches.plan(study, seg["trials"])
+    if not any(r.kind == "trunk" for r in roles.values()):
+        return None
+    trunks = sum(r.kind == "trunk" for r in roles.values())
+    print(f"branching: {trunks} trunk(s) explore once for {sum(r.kind == 'branch' for r in roles.values())} "
+          f"branch(es) in {seg['name']} (--no-branching runs every trial from scratch)", flush=True)
+    return branches.Branching(roles, os.path.join(branches.states_root(storage), seg["name"]), seg["name"])
 
 
 def _finished(results_dir: Path, study: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is t
 # checkpoints are bounded by design (every k epochs + the switch); the snapshot-frequency warning is not actionable
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # the experiment state is saved at every step of Tune's loop: it names each trial's latest checkpoint, and with
-# CheckpointConfig(num_to_keep=2) an older snapshot can name one already rotated away, which a driver killed at
+# CheckpointConfig(num_to_keep) an older snapshot can name one already rotated away, which a driver killed at
 # that moment could never restore ("does not exist on storage anymore")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
@@ -97,7 +97,7 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
         run_config=tune.RunConfig(
             name=name, storage_path=storage, callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # > the checkpoints one loop step can add
             verbose=0),  # progress is eeray's own line (completed/running/pending/failed, ETA) every 30 s
     )
 

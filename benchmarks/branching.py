@@ -8,8 +8,8 @@ CPU):
   optimizer_sweep its 52 trials (G̃ ∈ {SGD, L-BFGS} × lr ∈ {0.2, 0.1, 0.01, 0.001} × τ0 × ε, Standard per lr),
                   its laptop profile (LeNet, digits16) at n = 600, 10 epochs
 
-Trials run through ``eeray.branching.run_branched`` — ``run_trial`` directly, no Ray (the Tune scheduling of
-branches is not built yet). Per tree, its members run from scratch and then branched, alternating, so the load
+Trials run through ``eeray.branching.run_branched`` — ``run_trial`` directly, no Ray (what is measured is the
+trials' own work; the Tune path, eeray/raytune/branches.py, is checked equal in tests/test_branching_runner.py). Per tree, its members run from scratch and then branched, alternating, so the load
 of a shared machine falls on both alike. Reported: summed trial-seconds (each run_trial call's wall time),
 optimizer steps on the data clock (a branch runs total − branch step), and wall time of each way.
 Exactness: every branch's full history (its trunk's rows before the branch step + its own) and final
@@ -154,8 +154,8 @@ def step_bound(per_trial, r: float) -> float:
 
 def markdown(results, machine, date) -> str:
     lines = [f"# Branching vs from scratch ({date})", "", f"Machine: {machine}.", "",
-             "Trials run with `eeray.branching.run_branched` (run_trial directly, **no Ray**: the Tune scheduling of "
-             "branches is not built yet). Per tree, members from scratch then branched, alternating. "
+             "Trials run with `eeray.branching.run_branched` (run_trial directly, **no Ray**: the trials' own work; "
+             "this run predates the Tune path, which tests/test_branching_runner.py checks equal). Per tree, members from scratch then branched, alternating. "
              "Trial-seconds: the sum over trials of each run_trial call's CPU time (one thread per trial; on a "
              "machine shared with other users a trial's wall time mostly measures their load — both are in the JSON, "
              "wall ratios in brackets). Setup included. Steps: optimizer steps on the data clock that each call "

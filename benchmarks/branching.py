@@ -155,7 +155,7 @@ def step_bound(per_trial, r: float) -> float:
 def markdown(results, machine, date) -> str:
     lines = [f"# Branching vs from scratch ({date})", "", f"Machine: {machine}.", "",
              "Trials run with `eeray.branching.run_branched` (run_trial directly, **no Ray**: the trials' own work; "
-             "this run predates the Tune path, which tests/test_branching_runner.py checks equal). Per tree, members from scratch then branched, alternating. "
+             "the Tune path is checked equal in tests/test_branching_runner.py). Per tree, members from scratch then branched, alternating. "
              "Trial-seconds: the sum over trials of each run_trial call's CPU time (one thread per trial; on a "
              "machine shared with other users a trial's wall time mostly measures their load — both are in the JSON, "
              "wall ratios in brackets). Setup included. Steps: optimizer steps on the data clock that each call "

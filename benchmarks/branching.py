@@ -9,7 +9,8 @@ CPU):
                   its laptop profile (LeNet, digits16) at n = 600, 10 epochs
 
 Trials run through ``eeray.branching.run_branched`` — ``run_trial`` directly, no Ray (what is measured is the
-trials' own work; the Tune path, eeray/raytune/branches.py, is checked equal in tests/test_branching_runner.py). Per tree, its members run from scratch and then branched, alternating, so the load
+trials' own work; the Tune path, eeray/raytune/branches.py, is checked equal in tests/test_branching_runner.py).
+Per tree, its members run from scratch and then branched, alternating, so the load
 of a shared machine falls on both alike. Reported: summed trial-seconds (each run_trial call's wall time),
 optimizer steps on the data clock (a branch runs total − branch step), and wall time of each way.
 Exactness: every branch's full history (its trunk's rows before the branch step + its own) and final

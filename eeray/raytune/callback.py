@@ -161,7 +161,7 @@ class StudyRecorder:
         """A branch's MLflow run shows its whole curve: its trunk's points before the branch step, from Parquet
         (the trunk reported them before its state existed, hence before the branch could start). Once per run
         of the driver; ``log_points`` never logs a (metric, step) twice."""
-        name = self.names.get(trial.trial_id) or self.study.trial_name(trial.config)
+        name = self._name(trial)
         _, role = self._role(name)
         if role is None or role.kind != "branch" or trial.trial_id in self._prefixed:
             return
@@ -180,7 +180,7 @@ class StudyRecorder:
     def _after_end(self, trial, status: str, summary: dict[str, Any]) -> None:
         """A trunk that failed for good fails its waiting branches (the marker the searcher and trainables read);
         a tree's states whose branches have all ended are deleted."""
-        name = self.names.get(trial.trial_id) or self.study.trial_name(trial.config)
+        name = self._name(trial)
         b, role = self._role(name)
         if role is None or role.kind == "alone":
             return
@@ -193,6 +193,10 @@ class StudyRecorder:
         b.discard_done(role.tree, ended | {self.names.get(t) for t in self.finished})
 
     # ----------------------------------------------------------------------- helpers
+    def _name(self, trial) -> str:
+        """The trial's readable name (kept at its start; computed from its point when it never started here)."""
+        return self.names.get(trial.trial_id) or self.study.trial_name(trial.config)
+
     def _config(self, trial) -> dict[str, Any]:
         """The trial's own report of its config; before its first report (it failed while starting), the config
         it was asked to run — the same one, since a resumed study must match the recorded definition."""
@@ -205,7 +209,7 @@ class StudyRecorder:
     def _child(self, tracker, trial) -> str:
         known = tracker.has_child(trial.trial_id)
         cfg = self._config(trial)
-        run_id = tracker.child(trial.trial_id, self.names.get(trial.trial_id) or self.study.trial_name(trial.config),
+        run_id = tracker.child(trial.trial_id, self._name(trial),
                                cfg, {"eeray.dataset": cfg["data.name"], "mlflow.source.git.commit": self.git_commit,
                                      "eeray.profile": self.profile, "eeray.ee": str(cfg["ee.enabled"])})
         if known and run_id not in self._reopened:
@@ -219,13 +223,13 @@ class StudyRecorder:
             return
         cfg = self._config(trial)
         row = {**{k: v for k, v in summary.items() if k != "status"},
-               "trial_name": self.names.get(trial.trial_id) or self.study.trial_name(trial.config), "status": status,
+               "trial_name": self._name(trial), "status": status,
                # Tune's own count survives driver restarts: 1 + the failures it retried (node loss, ...), + 1 when
                # this driver continued the trial from a checkpoint that a lost driver's attempt left
                "attempts": 1 + int(getattr(trial, "num_failures", 0)) + (trial.trial_id in self.continued),
                "git_commit": self.git_commit,
                **self._where_fields(trial.trial_id),
-               **self._branch_fields(self.names.get(trial.trial_id) or self.study.trial_name(trial.config), status,
+               **self._branch_fields(self._name(trial), status,
                                      summary),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()

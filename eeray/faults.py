@@ -8,6 +8,7 @@ exactly like a machine losing power). Unset, :func:`reached` is a dictionary loo
   trial_row       a trial's ``trials`` row is written, its MLflow run not yet closed
   mlflow_finish   a trial's final metrics and artifacts are in MLflow, its run not yet terminated
   study_end       every trial has ended, the parent run is not yet closed
+  tune_state      Tune's experiment state (what --resume restores) is half-written to storage
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import os
 import signal
 from collections import Counter
 
-POINTS = ("parquet_chunk", "mlflow_batch", "trial_row", "mlflow_finish", "study_end")
+POINTS = ("parquet_chunk", "mlflow_batch", "trial_row", "mlflow_finish", "study_end", "tune_state")
 _seen: Counter = Counter()
 
 

@@ -219,16 +219,18 @@ def test_mlflow_server_killed_mid_study_then_sync_completes_the_mirror(reference
 
 
 # --------------------------------------------------------------------------- kills at named instants
-# one execution killed five times, at five different instants, each followed by --resume
-KILL_PLAN = ("parquet_chunk:3", "mlflow_batch:5", "trial_row:1", "mlflow_finish:1", "study_end:1")
+# one execution killed six times, at six different instants, each followed by --resume; tune_state:40 falls
+# mid-study (a smoke run uploads its experiment state about a hundred times)
+KILL_PLAN = ("tune_state:40", "parquet_chunk:3", "mlflow_batch:5", "trial_row:1", "mlflow_finish:1", "study_end:1")
 
 
-def test_kills_at_five_instants_each_followed_by_resume_and_sync(reference, tmp_path):
+def test_kills_at_six_instants_each_followed_by_resume_and_sync(reference, tmp_path):
     for i, point in enumerate(KILL_PLAN):
         proc = _popen(tmp_path, *(["--resume"] if i else []), env={"EERAY_KILL_AT": point})
-        proc.communicate(timeout=600)
+        stdout, stderr = proc.communicate(timeout=600)
         _end_group(proc)
-        assert proc.returncode == -signal.SIGKILL, f"{point}: the driver was not killed there (exit {proc.returncode})"
+        assert proc.returncode == -signal.SIGKILL, \
+            f"{point}: the driver was not killed there (exit {proc.returncode})\n{stdout[-2000:]}\n{stderr[-3000:]}"
     out = run_study(STUDY, tmp_path, "--smoke", "--resume")
     assert "2 trials (2 completed, 0 failed)" in out.stdout
     assert_same_record(tmp_path, reference)
@@ -236,6 +238,17 @@ def test_kills_at_five_instants_each_followed_by_resume_and_sync(reference, tmp_
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert sync.returncode == 0, sync.stderr
     assert_mlflow_mirrors_parquet(tmp_path)
+
+
+def test_a_tune_state_cut_short_by_something_else_is_refused_before_ray_starts_and_changes_nothing(reference, tmp_path):
+    shutil.copytree(reference, tmp_path, dirs_exist_ok=True)
+    state = max((tmp_path / "integrity" / "_tune" / "tune").glob("experiment_state-*.json"))
+    state.write_text(state.read_text()[:100])  # as a full disk would leave it
+    before = {p: p.read_bytes() for p in (tmp_path / "integrity").rglob("*.parquet")}
+    out = run_study(STUDY, tmp_path, "--smoke", "--resume", expect=2)
+    assert f"{state.name} is unreadable" in out.stderr and "--fresh" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "Ray" not in out.stdout
+    assert {p: p.read_bytes() for p in (tmp_path / "integrity").rglob("*.parquet")} == before
 
 
 # --------------------------------------------------------------------------- one driver per directory

@@ -38,6 +38,7 @@ from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from eeray import faults, identity  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
+from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
@@ -85,6 +86,7 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
         # time is the epoch: a trial reports at every checkpoint, and twice more at the switch, so Tune's report
         # count would compare EE trials with Standard ones at different epochs
         scheduler = ASHAScheduler(time_attr="epoch", grace_period=2, max_t=max(2, study.base.train.epochs))
+    storage_path, storage_fs = tune_storage(storage)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -95,7 +97,8 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
             reuse_actors=True, max_concurrent_trials=max_concurrent,
             trial_name_creator=TrialNamer(study), trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,  # every file replaced atomically
+            callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # > the checkpoints one loop step can add
             verbose=0),  # progress is eeray's own line (completed/running/pending/failed, ETA) every 30 s
@@ -176,9 +179,10 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
                 path = os.path.join(storage, seg["name"])
                 branching = _branching(study, storage, seg)
                 recorder.branching.append(branching)
-                if tune.Tuner.can_restore(path):
+                path, fs = tune_storage(path)
+                if tune.Tuner.can_restore(path, storage_filesystem=fs):
                     tuner = tune.Tuner.restore(path, trainable_of(study, branching), resume_unfinished=True,
-                                               resume_errored=True)
+                                               resume_errored=True, storage_filesystem=fs)
                 else:
                     names = set(seg["trials"])
                     points = [p for p in study.points() if study.trial_name(p) in names]
@@ -309,6 +313,13 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
                        "or start a new execution with --fresh (deletes this one) or another --results-dir")
             raise _Refused(f"the study differs from the execution recorded in {exec_file} "
                            f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
+        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses
+        for seg in meta["segments"]:
+            why = unreadable_state(os.path.join(_storage(study_dir, meta), seg["name"]))
+            if why:
+                raise _Refused(f"Tune's state of segment '{seg['name']}' cannot be restored: {why}. The Parquet "
+                               f"record of the trials that ended is intact ({study_dir}); this execution cannot be "
+                               "continued: start it again with --fresh (deletes it) or use another --results-dir")
         return meta, diff.only_added and args.extend
     meta = {"study": study.name, "execution": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
             "profile": profile, "git_commit": git_commit(),

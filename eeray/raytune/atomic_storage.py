@@ -1,0 +1,174 @@
+"""Tune's storage on a local or mounted file system: every file replaced atomically, and an experiment state
+that does not parse never replaces one that does.
+
+Tune keeps its experiment state (the file ``Tuner.restore`` reads) in a staging directory and uploads it, its
+searcher and callback states and the trials' checkpoints with ``pyarrow.fs.copy_files``, in a background
+thread. Two things can leave a truncated ``experiment_state-*.json`` on storage, after which no ``--resume`` can
+restore the execution ("Failed to restore the run state ... JSONDecodeError"; seen in CI):
+
+* the copy truncates the destination and then writes it, so a driver killed during it leaves half a file;
+* Tune rewrites the staging file in place (truncate, then write) at every step of its loop, also while the
+  previous upload is still reading it, so the upload itself can carry an empty or truncated copy.
+
+Through :func:`tune_storage` every file is written beside its destination under a hidden temporary name and
+renamed over it once complete, and an experiment state is renamed only if it parses as JSON (otherwise the copy
+is dropped and the next upload, a loop step later, brings a whole one). A kill leaves at most the hidden
+temporary file of the write it interrupted, which nothing reads. Object stores (``s3://``, ``gs://``)
+replace an object atomically already and are used as they are; the staging race is theirs too.
+
+Like eeray's Parquet writes, a replace is not fsynced: it survives a killed process, not a power cut of the
+machine that holds the storage.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from eeray import faults
+
+
+def tune_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
+    """(path, filesystem) for Tune's ``storage_path`` / ``storage_filesystem``: a local path (or ``file://``) goes
+    through :class:`AtomicLocalHandler`; any other URI is left to Ray's own file system."""
+    if "://" in storage and not storage.startswith("file://"):
+        return storage, None
+    return os.path.abspath(storage.removeprefix("file://")), pafs.PyFileSystem(AtomicLocalHandler())
+
+
+def unreadable_state(experiment: str) -> str | None:
+    """Why the newest experiment state of a local Tune experiment directory cannot be restored (None: it can, or
+    there is none). The same file Tune would choose: the greatest name."""
+    if "://" in experiment and not experiment.startswith("file://"):
+        return None
+    states = sorted(glob.glob(os.path.join(experiment.removeprefix("file://"), "experiment_state-*.json")))
+    if not states:
+        return None
+    try:
+        with open(states[-1]) as f:
+            json.load(f)
+    except (OSError, ValueError) as exc:
+        return f"{states[-1]} is unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+class AtomicLocalHandler(pafs.FileSystemHandler):
+    """pyarrow's local file system, except that an output stream is a temporary file renamed over its path when
+    it is closed (discarded instead when a write failed). Pickles to a fresh handler: Tune ships the storage's
+    file system to every trial, on every node."""
+
+    def __init__(self):
+        self._fs = pafs.LocalFileSystem()
+
+    def __reduce__(self):
+        return AtomicLocalHandler, ()
+
+    def __eq__(self, other):
+        return isinstance(other, AtomicLocalHandler)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def get_type_name(self):
+        return "eeray-atomic-local"
+
+    def normalize_path(self, path):
+        return self._fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise PermissionError("eeray's Tune storage never empties the root of the file system")
+
+    def delete_file(self, path):
+        self._fs.delete_file(path)
+
+    def move(self, src, dest):
+        self._fs.move(src, dest)  # a rename: atomic already
+
+    def copy_file(self, src, dest):
+        with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+
+    def open_input_stream(self, path):
+        return self._fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self._fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_ReplacingFile(path), mode="w")
+
+    def open_append_stream(self, path, metadata):
+        return self._fs.open_append_stream(path)  # Tune never appends; an append cannot be made atomic this way
+
+
+class _ReplacingFile:
+    """A write-only file that becomes ``path`` when closed, if every write succeeded."""
+
+    def __init__(self, path: str):
+        head, tail = os.path.split(path)
+        self.path = path
+        self.tmp = os.path.join(head, f".{tail}.{os.getpid()}-{threading.get_ident()}.tmp")
+        self._file = open(self.tmp, "wb")
+        self._ok = True
+        self._state = os.path.basename(path).startswith("experiment_state-")  # the file Tuner.restore reads
+
+    @property
+    def closed(self) -> bool:
+        return self._file.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def write(self, data) -> int:
+        try:
+            n = self._file.write(data)
+        except BaseException:
+            self._ok = False
+            raise
+        if self._state:
+            faults.reached("tune_state")  # half of Tune's experiment state is written, the old one still stands
+        return n
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.close()
+        if self._ok and (not self._state or _parses(self.tmp)):
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)
+
+
+def _parses(path: str) -> bool:
+    try:
+        with open(path) as f:
+            json.load(f)
+        return True
+    except ValueError:  # an upload that read Tune's staging file while Tune was rewriting it
+        return False

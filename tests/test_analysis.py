@@ -151,6 +151,10 @@ def test_errors_name_the_argument_and_what_is_valid(tmp_path):
         analysis.association_table(m, alignment="Q_T_fraction")
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\)"):
         analysis.association_table(m, level=95)
+    for fn in (analysis.association_table, analysis.verdict_stability):  # no silent "every row" without statuses
+        with pytest.raises(ValueError, match=r"has no 'status' column .*pass completed_only=False"):
+            fn(m.drop(columns="status"))
+    assert len(analysis.association_table(m.drop(columns="status"), n_boot=20, completed_only=False))
     flat = analysis.association_table(m.assign(aligned_fraction=1.0), n_boot=20)  # every evaluation aligned
     verdicts = analysis.survival_table(flat)["verdict"].tolist()
     assert verdicts == ["undefined: aligned_fraction is constant in this group"]
@@ -291,3 +295,15 @@ def test_the_width_sweep_summary_states_a_verdict_with_its_stability():
     share = int(row["stability"].rstrip("%")) / 100
     assert row["verdict"].startswith("error follows alignment;" if share >= analysis.STABLE_SHARE
                                      else "not stable: only")
+
+
+def test_stability_counts_undefined_reruns_beside_defined_ones_when_their_counts_tie():
+    """Reruns that miss the one seed whose alignment varies are undefined; the others reach a verdict. With equal
+    counts the two kinds of verdict used to be compared with each other (TypeError) when they were ordered."""
+    rng = np.random.default_rng(1)
+    m = pd.DataFrame([{"status": "completed", "dataset": "x", "family": "f", "seed": s, "d": w * 100,
+                       "final_train_error": float(rng.random()), "aligned_fraction": w / 4 if s == 0 else 1.0}
+                      for s in range(3) for w in range(1, 5)])
+    st = analysis.verdict_stability(m, n_boot=20, n_outer=10, n_inner=10, seed=19)
+    assert st.other_verdicts.iloc[0] == "undefined 10%; neither survives controlling for the other (no association, " \
+                                        "or too few seeds) 10%"

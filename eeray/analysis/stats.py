@@ -126,6 +126,25 @@ def _interval(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok, lo, np.nan), np.where(ok, hi, np.nan)
 
 
+def _groups(measures: pd.DataFrame, outcome: str, alignment: str, size: str, cluster: str, by: Sequence[str],
+            completed_only: bool):
+    """(key tuple, group frame, its (trials, 3) float array of outcome, alignment, size) per group of ``by``, after
+    checking that every named column exists; completed trials only (``status``) unless ``completed_only`` is
+    False; rows with a missing value in the three columns are left out (failed trials)."""
+    columns = sorted(map(str, measures.columns))
+    for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
+                     *(("by", b) for b in by)):
+        if col not in measures.columns:
+            raise ValueError(f"{arg}={col!r} is not a column of measures; columns: {columns}")
+    if completed_only and "status" not in measures.columns:
+        raise ValueError(f"completed_only=True keeps the trials whose 'status' is 'completed', and measures has no "
+                         f"'status' column (columns: {columns}); pass completed_only=False to use every row")
+    data = measures[measures["status"] == "completed"] if completed_only else measures
+    data = data.dropna(subset=[outcome, alignment, size])
+    for key, g in (data.groupby(list(by), sort=True) if by else [((), data)]):
+        yield (key if isinstance(key, tuple) else (key,)), g, g[[outcome, alignment, size]].astype(float).to_numpy()
+
+
 def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignment: str = ALIGNMENT,
                       size: str = SIZE, by: Sequence[str] = BY, cluster: str = "seed", n_boot: int = 1000,
                       seed: int = 0, level: float = 0.95, completed_only: bool = True) -> pd.DataFrame:
@@ -137,19 +156,10 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
     it: per dataset (docs/paper-choices.md (F41)) and per model family, since standard and EE parameter counts are
     not comparable (pass ``by=("dataset",)`` to pool the families, and say so); rows with a missing value in the
     three columns are left out (failed trials)."""
-    for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
-                     *(("by", b) for b in by)):
-        if col not in measures.columns:
-            raise ValueError(f"{arg}={col!r} is not a column of measures; "
-                             f"columns: {sorted(map(str, measures.columns))}")
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1); got {level!r}")
-    data = measures[measures["status"] == "completed"] if completed_only and "status" in measures else measures
-    data = data.dropna(subset=[outcome, alignment, size])
     rows = []
-    for key, g in (data.groupby(list(by), sort=True) if by else [((), data)]):
-        key = key if isinstance(key, tuple) else (key,)
-        arr = g[[outcome, alignment, size]].astype(float).to_numpy()  # (trials, 3)
+    for key, g, arr in _groups(measures, outcome, alignment, size, cluster, by, completed_only):
         cols = list(arr.T)
         point = estimates(*cols)
         reps, unit = cluster_bootstrap(arr, g[cluster].to_numpy(), estimates, n_boot=n_boot, seed=seed)
@@ -276,20 +286,11 @@ def verdict_stability(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
     of its own), each judged the same way with its own ``n_inner``-resample cluster bootstrap. ``stability`` is the
     share of reruns with the data's verdict; ``stable`` whether it reaches ``stable_share``. With fewer than 3
     seeds there is nothing to rerun from (stability NaN, not stable). Deterministic for a given ``seed``."""
-    for arg, col in (("outcome", outcome), ("alignment", alignment), ("size", size), ("cluster", cluster),
-                     *(("by", b) for b in by)):
-        if col not in measures.columns:
-            raise ValueError(f"{arg}={col!r} is not a column of measures; "
-                             f"columns: {sorted(map(str, measures.columns))}")
     for arg, v in (("n_outer", n_outer), ("n_inner", n_inner)):
         if not (isinstance(v, int) and v >= 10):
             raise ValueError(f"{arg} must be an integer >= 10; got {v!r}")
-    data = measures[measures["status"] == "completed"] if completed_only and "status" in measures else measures
-    data = data.dropna(subset=[outcome, alignment, size])
     rows = []
-    for key, g in (data.groupby(list(by), sort=True) if by else [((), data)]):
-        key = key if isinstance(key, tuple) else (key,)
-        arr = g[[outcome, alignment, size]].astype(float).to_numpy()  # (trials, 3)
+    for key, g, arr in _groups(measures, outcome, alignment, size, cluster, by, completed_only):
         clusters = g[cluster].to_numpy()
         answer = survival_table(association_table(g, outcome=outcome, alignment=alignment, size=size, by=(),
                                                   cluster=cluster, n_boot=n_boot, seed=seed, level=level,
@@ -314,7 +315,8 @@ def verdict_stability(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
             k = _verdict_key(_batch_partials(rerun[None])[0], inner, level)
             found[k] = found.get(k, 0) + 1
         share = found.get(full, 0) / n_outer
-        others = sorted(((n, k) for k, n in found.items() if k != full), reverse=True)
+        # most frequent first; by count only: an ('undefined',) key and a (bool, bool) one do not compare
+        others = sorted(((n, k) for k, n in found.items() if k != full), key=lambda nk: nk[0], reverse=True)
         other_text = "; ".join(f"{_key_text(k)} {n / n_outer:.0%}" for n, k in others)
         rows.append({**row, "stability": share, "stable": share >= stable_share, "other_verdicts": other_text,
                      "why_unstable": f"only {share:.0%} of {n_outer} seed resamples reach '{_key_text(full)}' "

@@ -155,10 +155,18 @@ def test_errors_name_the_argument_and_what_is_valid(tmp_path):
         with pytest.raises(ValueError, match=r"has no 'status' column .*pass completed_only=False"):
             fn(m.drop(columns="status"))
     assert len(analysis.association_table(m.drop(columns="status"), n_boot=20, completed_only=False))
-    flat = analysis.association_table(m.assign(aligned_fraction=1.0), n_boot=20)  # every evaluation aligned
-    verdicts = analysis.survival_table(flat)["verdict"].tolist()
-    assert verdicts == ["undefined: aligned_fraction is constant in this group"]
-    assert flat.loc[flat["association"] == "error ~ size", "spearman"].notna().all()  # the rest is still there
+    # every trial aligned at every evaluation: alignment explains nothing, and the question left is error ~ size
+    flat = analysis.association_table(m.assign(aligned_fraction=1.0), n_boot=200).set_index("association")
+    assert flat.loc["error ~ size | alignment", "spearman"] == flat.loc["error ~ size", "spearman"]
+    assert np.isnan(flat.loc["error ~ alignment | size", "spearman"])
+    stability = analysis.verdict_stability(m.assign(aligned_fraction=1.0), n_boot=200, n_outer=20, n_inner=50)
+    table = analysis.survival_table(analysis.association_table(m.assign(aligned_fraction=1.0), n_boot=200), stability)
+    assert table["verdict"].tolist() == ["error follows size; aligned_fraction is the same in every trial, so it "
+                                         "explains none of the differences"], table["verdict"].tolist()
+    assert table["stability"].tolist() == [1.0]
+    for frozen in ({"aligned_fraction": 1.0, "d": 5.0}, {"final_train_error": 0.0}):  # nothing left to explain
+        verdicts = analysis.survival_table(analysis.association_table(m.assign(**frozen), n_boot=20))["verdict"]
+        assert verdicts.str.startswith("undefined: ").all() and verdicts.str.contains("constant").all(), verdicts
     (tmp_path / "empty_study").mkdir()
     with pytest.raises(ValueError, match="has no trials for study 'empty_study'.*python studies/empty_study.py.*"
                                          "EERAY_RESULTS_DIR"):
@@ -270,13 +278,17 @@ def test_batched_partials_equal_the_estimates():
     from eeray.analysis.stats import _batch_partials
 
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(6, 25, 3))
+    x = rng.normal(size=(8, 25, 3))
     x[:, :, 2] = np.round(x[:, :, 2])  # ties, as sizes have
-    x[5, :, 1] = 1.0  # a constant column: undefined in both
+    x[5, :, 1] = 1.0  # alignment constant: error ~ size | alignment is error ~ size, the other undefined
+    x[6, :, 2] = 2.0  # size constant: the mirror case
+    x[7, :, 0] = 0.0  # error constant: both undefined
     got = _batch_partials(x)
     want = np.array([estimates(*xi.T)[3:5] for xi in x])
-    np.testing.assert_allclose(got[:5], want[:5], rtol=1e-10, atol=1e-12)
-    assert np.isnan(got[5]).all() and np.isnan(want[5]).all()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)  # NaN where both are NaN
+    assert np.isnan(got[5, 0]) and np.isclose(got[5, 1], estimates(*x[5].T)[1], rtol=1e-12)
+    assert np.isnan(got[6, 1]) and np.isclose(got[6, 0], estimates(*x[6].T)[0], rtol=1e-12)
+    assert np.isnan(got[7]).all()
 
 
 def test_the_width_sweep_summary_states_a_verdict_with_its_stability():
@@ -298,12 +310,12 @@ def test_the_width_sweep_summary_states_a_verdict_with_its_stability():
 
 
 def test_stability_counts_undefined_reruns_beside_defined_ones_when_their_counts_tie():
-    """Reruns that miss the one seed whose alignment varies are undefined; the others reach a verdict. With equal
-    counts the two kinds of verdict used to be compared with each other (TypeError) when they were ordered."""
+    """Reruns that miss the one seed whose error varies are undefined; the others reach a verdict. With equal counts
+    the two kinds of verdict used to be compared with each other (TypeError) when they were ordered."""
     rng = np.random.default_rng(1)
     m = pd.DataFrame([{"status": "completed", "dataset": "x", "family": "f", "seed": s, "d": w * 100,
-                       "final_train_error": float(rng.random()), "aligned_fraction": w / 4 if s == 0 else 1.0}
-                      for s in range(3) for w in range(1, 5)])
+                       "final_train_error": float(rng.random()) if s == 0 else 0.0,
+                       "aligned_fraction": float(rng.random())} for s in range(3) for w in range(1, 5)])
     st = analysis.verdict_stability(m, n_boot=20, n_outer=10, n_inner=10, seed=19)
     assert st.other_verdicts.iloc[0] == "undefined 10%; neither survives controlling for the other (no association, " \
                                         "or too few seeds) 10%"

@@ -63,9 +63,12 @@ def estimates(error: np.ndarray, alignment: np.ndarray, size: np.ndarray) -> np.
         rho = np.corrcoef(ranks)  # (3, 3): Spearman = Pearson on ranks, ranked once per column
     ea, es, as_ = (rho[i, j] if ok[i] and ok[j] else np.nan for i, j in ((0, 1), (0, 2), (1, 2)))
     kendall = [_kendall(cols[i], cols[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+    # given a constant column the partial is the pair's own correlation: conditioning on a constant changes nothing
+    # (every trial aligned at every evaluation: error ~ size | alignment is error ~ size)
+    p_align = partial_from(ea, es, as_) if ok[2] else ea
+    p_size = partial_from(es, ea, as_) if ok[1] else es
     # Spearman: the pairs and both partials; Kendall: the pairs only (see the module docstring)
-    return np.array([ea, es, as_, partial_from(ea, es, as_), partial_from(es, ea, as_), *kendall, np.nan, np.nan],
-                    dtype=float)
+    return np.array([ea, es, as_, p_align, p_size, *kendall, np.nan, np.nan], dtype=float)
 
 
 def partial_spearman(frame: pd.DataFrame, x: str, y: str, given: str) -> tuple[float, float]:
@@ -165,8 +168,11 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
         reps, unit = cluster_bootstrap(arr, g[cluster].to_numpy(), estimates, n_boot=n_boot, seed=seed)
         lo, hi = _interval(reps, level)
         pairs = [(cols[0], cols[1]), (cols[0], cols[2]), (cols[1], cols[2])]
-        flat = ", ".join(c for c, a in zip((outcome, alignment, size), cols) if not _varies(a))
-        undefined = "fewer than 3 trials" if len(g) < 3 else (f"{flat} is constant in this group" if flat else "")
+        varies = [_varies(a) for a in cols]
+        flat = ", ".join(c for c, v in zip((outcome, alignment, size), varies) if not v)
+        # a constant alignment (or size) still leaves a question: does error follow the other one?
+        undefined = "fewer than 3 trials" if len(g) < 3 else (
+            f"{flat} is constant in this group" if not varies[0] or not (varies[1] or varies[2]) else "")
         for i, name in enumerate(ASSOCIATIONS):
             j = i + len(ASSOCIATIONS)
             p_s = _pair_p(*pairs[i], "spearman") if i < 3 else _partial_p(point[i], len(g))
@@ -175,7 +181,7 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
                          "unit": unit, "spearman": point[i], "spearman_lo": lo[i], "spearman_hi": hi[i],
                          "spearman_p": p_s, "kendall": point[j], "kendall_lo": lo[j], "kendall_hi": hi[j],
                          "kendall_p": p_k, "excludes_zero": bool(lo[i] > 0 or hi[i] < 0),
-                         "undefined_because": undefined})
+                         "undefined_because": undefined, "constant": "" if undefined else flat})
     return pd.DataFrame(rows)
 
 
@@ -186,16 +192,21 @@ def _fmt(row: pd.Series) -> str:
     return f"{row['spearman']:+.2f} {ci}"
 
 
-def verdict(align_survives: bool, size_survives: bool, undefined_because: str = "") -> str:
+def verdict(align_survives: bool, size_survives: bool, undefined_because: str = "", constant: str = "") -> str:
     """One line per outcome of the two partial correlations (an interval that covers 0 is no evidence of an effect,
-    not evidence of none), or why there is no answer."""
+    not evidence of none), or why there is no answer. ``constant`` names a column that is the same in every trial
+    (alignment held at every evaluation of every trial, say): it cannot explain any difference, and the line says
+    so after the verdict (the part before the first ';' is the verdict itself)."""
     if undefined_because:
         return f"undefined: {undefined_because}"
-    return {(True, False): "error follows alignment; no evidence of a size effect beyond alignment",
+    line = {(True, False): "error follows alignment; no evidence of a size effect beyond alignment",
             (False, True): "error follows size; no evidence of an alignment effect beyond size",
             (True, True): "both associations survive controlling for the other",
             (False, False): "neither survives controlling for the other (no association, or too few seeds)"}[
         (align_survives, size_survives)]
+    if constant:
+        line = f"{line.split(';')[0]}; {constant} is the same in every trial, so it explains none of the differences"
+    return line
 
 
 def survival_table(associations: pd.DataFrame, stability: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -210,12 +221,12 @@ def survival_table(associations: pd.DataFrame, stability: pd.DataFrame | None = 
         key = key if isinstance(key, tuple) else (key,)
         a = g[g["association"] == "error ~ alignment | size"].iloc[0]
         s = g[g["association"] == "error ~ size | alignment"].iloc[0]
-        why = a.get("undefined_because", "") or ("" if np.isfinite(a["spearman"]) and np.isfinite(s["spearman"])
-                                                 else "a column is constant in this group")
+        why = a["undefined_because"] or ("" if np.isfinite(a["spearman"]) or np.isfinite(s["spearman"])
+                                         else "a column is constant in this group")
         out.append({**dict(zip(by, key)), "trials": int(a["n_trials"]), "seeds": int(a["n_seeds"]),
                     "error ~ alignment | size": _fmt(a), "alignment survives": "yes" if a["excludes_zero"] else "no",
                     "error ~ size | alignment": _fmt(s), "size survives": "yes" if s["excludes_zero"] else "no",
-                    "verdict": verdict(bool(a["excludes_zero"]), bool(s["excludes_zero"]), why),
+                    "verdict": verdict(bool(a["excludes_zero"]), bool(s["excludes_zero"]), why, a["constant"]),
                     "intervals resample": a["unit"]})
     table = pd.DataFrame(out)
     if stability is None:
@@ -245,6 +256,9 @@ def _batch_partials(x: np.ndarray) -> np.ndarray:
         ea, es, as_ = rho[:, 0, 1], rho[:, 0, 2], rho[:, 1, 2]
         p1 = (ea - es * as_) / np.sqrt((1 - es ** 2) * (1 - as_ ** 2))
         p2 = (es - ea * as_) / np.sqrt((1 - ea ** 2) * (1 - as_ ** 2))
+    flat = sd == 0  # (B, 3): a column constant in that resample; given it, the partial is the pair's correlation
+    p1 = np.where(flat[:, 2] & ~flat[:, 1], ea, p1)
+    p2 = np.where(flat[:, 1] & ~flat[:, 2], es, p2)
     return np.stack([p1, p2], axis=1)
 
 
@@ -264,8 +278,9 @@ def _cluster_partials(arr: np.ndarray, groups: list[np.ndarray], n_boot: int,
 
 def _verdict_key(point: np.ndarray, reps: np.ndarray, level: float) -> tuple:
     """(alignment survives, size survives) as :func:`survival_table` decides it, from the two partials ``point``
-    (2,) and their bootstrap replicates (n, 2); ('undefined',) when a partial is undefined."""
-    if not np.isfinite(point).all():
+    (2,) and their bootstrap replicates (n, 2); ('undefined',) when both partials are undefined (one alone is:
+    its column is constant, and it does not survive)."""
+    if not np.isfinite(point).any():
         return ("undefined",)
     lo, hi = _interval(reps, level)
     return tuple(bool(lo[i] > 0 or hi[i] < 0) for i in range(2))  # an undefined interval: does not survive

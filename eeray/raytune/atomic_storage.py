@@ -32,28 +32,34 @@ import pyarrow.fs as pafs
 from eeray import faults
 
 
+def local_path(storage: str) -> str | None:
+    """The file-system path a storage names (a path, or ``file://`` + path); None for an object-store URI."""
+    if "://" in storage and not storage.startswith("file://"):
+        return None
+    return storage.removeprefix("file://")
+
+
 def tune_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
     """(path, filesystem) for Tune's ``storage_path`` / ``storage_filesystem``: a local path (or ``file://``) goes
     through :class:`AtomicLocalHandler`; any other URI is left to Ray's own file system."""
-    if "://" in storage and not storage.startswith("file://"):
+    path = local_path(storage)
+    if path is None:
         return storage, None
-    return os.path.abspath(storage.removeprefix("file://")), pafs.PyFileSystem(AtomicLocalHandler())
+    return os.path.abspath(path), pafs.PyFileSystem(AtomicLocalHandler())
 
 
 def unreadable_state(experiment: str) -> str | None:
     """Why the newest experiment state of a local Tune experiment directory cannot be restored (None: it can, or
     there is none). The same file Tune would choose: the greatest name."""
-    if "://" in experiment and not experiment.startswith("file://"):
-        return None
-    states = sorted(glob.glob(os.path.join(experiment.removeprefix("file://"), "experiment_state-*.json")))
+    path = local_path(experiment)
+    states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json"))) if path is not None else []
     if not states:
         return None
     try:
-        with open(states[-1]) as f:
-            json.load(f)
-    except (OSError, ValueError) as exc:
-        return f"{states[-1]} is unreadable ({type(exc).__name__}: {exc})"
-    return None
+        why = _json_error(states[-1])
+    except OSError as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    return f"{states[-1]} is unreadable ({why})" if why else None
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -159,16 +165,18 @@ class _ReplacingFile:
         if self._file.closed:
             return
         self._file.close()
-        if self._ok and (not self._state or _parses(self.tmp)):
+        # a state that does not parse is an upload that read Tune's staging file while Tune was rewriting it
+        if self._ok and (not self._state or _json_error(self.tmp) is None):
             os.replace(self.tmp, self.path)
         else:
             os.unlink(self.tmp)
 
 
-def _parses(path: str) -> bool:
+def _json_error(path: str) -> str | None:
+    """Why the file does not parse as JSON (None: it does)."""
     try:
         with open(path) as f:
             json.load(f)
-        return True
-    except ValueError:  # an upload that read Tune's staging file while Tune was rewriting it
-        return False
+    except ValueError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

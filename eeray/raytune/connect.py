@@ -24,6 +24,8 @@ from pathlib import Path
 
 import ray
 
+from eeray.raytune.atomic_storage import local_path
+
 
 class ClusterError(RuntimeError):
     """The study cannot use the Ray it was pointed at; the message says what to set."""
@@ -150,11 +152,11 @@ def check_shared_storage(storage: str) -> None:
     """Refuse checkpoint storage that not every alive node can write and see: Tune (since Ray 2.7) writes and
     restores checkpoints on the trial's node, so a directory private to one node loses a retried trial.
     URIs (``s3://``, ``gs://``, ...) are accepted as they are (every node reaches them through pyarrow)."""
-    if "://" in storage and not storage.startswith("file://"):
+    path = local_path(storage)
+    if path is None:
         return
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    path = storage.removeprefix("file://")
     probe = os.path.join(path, f".eeray-storage-probe-{uuid.uuid4().hex[:12]}")
     try:
         os.makedirs(probe, exist_ok=True)

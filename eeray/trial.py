@@ -24,7 +24,7 @@ from torch import nn
 from eeray import branching, losses
 from eeray.config import TrialConfig, from_flat, to_flat, validate
 from eeray.data import TrainingData, load_dataset
-from eeray.exploitation import FullBatchObjective, cached_features
+from eeray.exploitation import FrozenFeatures, FullBatchObjective, cached_features
 from eeray.graphed_step import GraphedTrainStep
 from eeray.models import build_model, init_fc_linear
 from eeray.records import NullSink, Sink
@@ -105,6 +105,10 @@ class Trial:
         # every optimizer step but L-BFGS's; on CUDA replayed as CUDA graphs (eeray.graphed_step): same arithmetic,
         # far fewer kernel launches
         self._stepper = GraphedTrainStep(self.model, self._mean_loss, enabled=config.train.cuda_graphs)
+        # exploiting with the backbone frozen: steps on cached features z̄ through the head alone
+        self._frozen: FrozenFeatures | None = None
+        self._head_stepper = (GraphedTrainStep(self.model.head, self._mean_loss, enabled=config.train.cuda_graphs)
+                              if isinstance(self.model, EEModel) else None)
         self.last_eval: dict[str, Any] = {}
         self.resumed = False
         self._mid_step = False  # resumed from a branch point: the update that reached self.step is done, the
@@ -182,12 +186,15 @@ class Trial:
             torch.cuda.synchronize()  # once per epoch, so per-phase wall time is honest without per-step syncs
         self.timers[key] += time.perf_counter() - t0
 
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch_indices(self) -> torch.Tensor:
         epoch, b, bs = self.epoch, self.step % self.steps_per_epoch, self.cfg.train.batch_size
         if epoch != self._perm_epoch:  # data order: a pure function of (seed, epoch)
             g = torch.Generator().manual_seed(1_000_003 * self.cfg.seed + 7919 * epoch + 1)
             self._perm, self._perm_epoch = torch.randperm(self.data.n, generator=g).to(self.device), epoch
-        idx = self._perm[b * bs:(b + 1) * bs]
+        return self._perm[b * bs:(b + 1) * bs]
+
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self._batch_indices()
         xb, yb = self.data.x_train[idx], self.data.y_train[idx]
         if self.data.augment is not None:
             xb = self.data.augment(xb, torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step))
@@ -201,21 +208,35 @@ class Trial:
         return (self.cfg.ee.enabled and self.cfg.ee.perturb_base == "tau_minus_1"
                 and self.schedule.tau_step is not None and self.step == self.schedule.tau_step - 1)
 
+    def _frozen_features(self) -> FrozenFeatures | None:
+        """The cached z̄ while exploiting with the backbone frozen in eval mode (built on first use after the switch
+        or after a resume); None before the switch, for a model without surgery, or with a train-mode backbone."""
+        if self._frozen is None and self._head_stepper is not None and self.wrapper.switched \
+                and self.wrapper.backbone_mode == "eval":
+            self._frozen = FrozenFeatures(self.model, self.data.x_train, self.data.x_test,
+                                          self.cfg.train.eval_batch_size, self.data.augment is not None, self._layout)
+        return self._frozen
+
     def _train_step(self) -> None:
-        xb, yb = self._batch()
+        frozen = self._frozen_features()
+        if frozen is not None and frozen.steps_on_cache:  # the head alone, on the batch's cached features
+            idx = self._batch_indices()
+            net, stepper, xb, yb = self.model.head, self._head_stepper, frozen.train[idx], self.data.y_train[idx]
+        else:
+            (xb, yb), net, stepper = self._batch(), self.model, self._stepper
         self.wrapper.train_mode()
         opt = self.wrapper.optimizer
         if isinstance(opt, torch.optim.LBFGS):  # minibatch L-BFGS: the closure re-evaluates this batch
             def closure():
                 opt.zero_grad(set_to_none=True)
-                value = self._mean_loss(self.model(xb), yb)
+                value = self._mean_loss(net(xb), yb)
                 value.backward()
                 return value
             value = opt.step(closure)
         elif self._skip_update():
-            value = self._mean_loss(self.model(xb), yb)  # the loss is still logged
+            value = self._mean_loss(net(xb), yb)  # the loss is still logged
         else:
-            value = self._stepper.step(opt, xb, yb)
+            value = stepper.step(opt, xb, yb)
         self._batch_loss += value.detach().double()
         self._batch_count += 1
 
@@ -226,9 +247,13 @@ class Trial:
         """One exploitation epoch of full-batch L-BFGS on cached features (docs/paper-choices.md (A7)): K steps; with
         augmentation the features are recomputed on a fresh augmented copy of the training set."""
         if self._objective is None or self.data.augment is not None:
-            gen = torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step)
-            z = cached_features(self.model, self.data.x_train, self.cfg.train.eval_batch_size, self.data.augment,
-                                gen)
+            frozen = self._frozen_features()
+            if frozen is not None and frozen.steps_on_cache:
+                z = frozen.train
+            else:
+                gen = torch.Generator().manual_seed(2_000_003 * self.cfg.seed + self.step)
+                z = cached_features(self.model, self.data.x_train, self.cfg.train.eval_batch_size, self.data.augment,
+                                    gen, layout=self._layout)
             g = self.cfg.ee.exploit_optim or self.cfg.optim
             self._objective = FullBatchObjective(self.model, z, self.data.y_train, self.loss, g.weight_decay)
         value = self.wrapper.optimizer.step(self._objective.closure)
@@ -239,6 +264,9 @@ class Trial:
         counts = self.wrapper.trainable_counts()
         self.sink.emit("events", {"event": "phase_switch", "step": self.step, "epoch": self.epoch,
                                   **pert.to_record(), **counts})
+        t0 = time.perf_counter()
+        self._frozen_features()  # exploitation's one pass of the backbone over the data
+        self.timers["exploit_seconds"] += time.perf_counter() - t0
         self._evaluate()  # the loss at θ^τ, right after the perturbation
         self.diag.at_switch(self.step, self.wrapper.phase.value)
         self._checkpoint("post_switch")
@@ -263,14 +291,17 @@ class Trial:
         self.model.eval()
         row: dict[str, Any] = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
                                "phase": self.wrapper.phase.value}
+        frozen = self._frozen_features()
         for split, x, y in (("train", self.data.x_train, self.data.y_train),
                             ("test", self.data.x_test, self.data.y_test)):
             if x.shape[0] == 0:
                 continue
+            z = frozen.of(split) if frozen is not None else None  # the backbone's output, cached while exploiting
             loss_sum, wrong = 0.0, 0
             for i in range(0, x.shape[0], self.cfg.train.eval_batch_size):
-                out = self.model(self._layout(x[i:i + self.cfg.train.eval_batch_size]))
-                yb = y[i:i + self.cfg.train.eval_batch_size]
+                chunk = slice(i, i + self.cfg.train.eval_batch_size)
+                out = self.model.head(z[chunk]) if z is not None else self.model(self._layout(x[chunk]))
+                yb = y[chunk]
                 loss_sum += float(losses.per_sample_loss(self.loss, out, yb).double().sum())
                 wrong += int((losses.predictions(self.loss, out) != yb).sum())
             row[f"{split}_loss"], row[f"{split}_error"] = loss_sum / x.shape[0], wrong / x.shape[0]
@@ -344,6 +375,9 @@ class Trial:
         self._batch_count, self.last_eval = state["batch_count"], state["last_eval"]
         self.diag.load_state_dict(state["diag"])
         self._stepper.reset()  # captured graphs point at the optimizer state tensors just replaced
+        if self._head_stepper is not None:
+            self._head_stepper.reset()
+        self._frozen = None  # computed again from the loaded backbone when exploitation needs it
         self.resumed = True
         self._mid_step = bool(state.get("mid_step", False))
 

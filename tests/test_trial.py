@@ -168,3 +168,36 @@ def test_assumption4_recalibrates_bn_on_a_copy_and_trains_exactly_as_without():
     (row,) = sink.rows["safety"]
     assert row["kind"] == "assumption4" and row["note"].startswith("BN statistics: recalibrate")
     assert row["n"] == 128 and isinstance(with_cert.summary["assumption4_certified"], bool)
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_exploitation_reads_the_features_cached_at_the_switch(monkeypatch, augment):
+    """With the backbone frozen in eval mode, z̄(x) is fixed from the switch on: the backbone runs once over the
+    training and test sets there, and exploitation steps (unless the inputs are augmented) and evaluations run
+    the head alone. The trajectory is the one the backbone path gives, to rounding."""
+    from eeray import trial as trial_mod
+
+    cfg = lenet_cfg(tau=0.5).replace(**{"data.name": "digits16", "data.augment": augment,
+                                          "diag.lemma5": False})  # Lemma 5 runs it too
+    calls = {"explore": 0, "exploit": 0}
+    real_init = trial_mod.Trial.__init__
+
+    def counting_init(self, *a, **k):
+        real_init(self, *a, **k)
+        self.model.body.register_forward_hook(lambda *_: calls.__setitem__(
+            self.wrapper.phase.value, calls[self.wrapper.phase.value] + 1))
+
+    monkeypatch.setattr(trial_mod.Trial, "__init__", counting_init)
+    cached = run_trial(cfg, MemorySink())
+    spe, chunks = 3, 2  # 48 / 16 steps per epoch; one eval-batch chunk each for train (48) and test (16)
+    exploit_steps = cached.summary["total_steps"] - cached.summary["tau_step"]
+    assert exploit_steps == 2 * spe
+    assert calls["exploit"] == chunks + (exploit_steps if augment else 0)
+
+    monkeypatch.setattr(trial_mod.Trial, "_frozen_features", lambda self: None)  # the backbone path
+    plain = run_trial(cfg, MemorySink())
+    for k in ("final_train_loss", "final_test_loss"):
+        assert cached.summary[k] == pytest.approx(plain.summary[k], rel=1e-5, abs=1e-7)
+    assert cached.summary["final_train_error"] == plain.summary["final_train_error"]
+    a, b = _final_params(cached), _final_params(plain)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6) for k in a)

@@ -396,9 +396,10 @@ class Trial:
             "perturb_seed": perturb_seed_of(self.cfg), **self.diag.summary(),
         }
         if self._stepper.enabled and self.device.type == "cuda":
-            g = self._stepper
-            summary["train_step_graphs"] = f"off: {g.disabled}" if g.disabled else \
-                f"on ({g.replays} of {self.schedule.total_steps} steps replayed)"
+            steppers = [g for g in (self._stepper, self._head_stepper) if g is not None]  # whole model; head alone
+            disabled = next((g.disabled for g in steppers if g.disabled), None)
+            summary["train_step_graphs"] = f"off: {disabled}" if disabled else \
+                f"on ({sum(g.replays for g in steppers)} of {self.schedule.total_steps} steps replayed)"
         if isinstance(self.model, EEModel):
             info = self.model.info
             summary.update({"surgery_mode": info.mode, "m_bar": info.m_bar, "m_H_minus_1": info.m_H_minus_1,

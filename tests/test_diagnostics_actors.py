@@ -8,7 +8,7 @@ from torch import nn
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster only (docs/architecture.md, Environment notes)
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402  (a dependency of eeray: a missing Ray is an error, not a skip)
 
 from eeray.diagnostics import AlignmentOptions, alignment_report  # noqa: E402
 from eeray.diagnostics.errors import DiagnosticsError  # noqa: E402

@@ -18,7 +18,9 @@ Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2
           random16 EE "both survive" (86%) are stable; digits16 is not (EE: "both survive" in 69%; standard: 35%,
           its answer hinges on two diverged trials out of 18), and the summary says so. 12 seeds with half the
           diagnostic samples and evaluations (216 trials, 31 min) was stable on random16 standard only, so it
-          was not adopted; resampling this run's seeds, 12 seeds at these diagnostics would make digits16 EE
+          was not adopted, nor was 12 seeds with diagnostics every 4 epochs at 100 samples and evaluations every 2
+          (216 trials, 38.6 min, 2026-12-02: no verdict stable, 52–66%: coarser alignment measures cost more than
+          the seeds gain); resampling this run's seeds, 12 seeds at these diagnostics would make digits16 EE
           stable (85% of simulated studies) at about twice the time.
 """
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig

@@ -10,6 +10,9 @@
   (c) the matrix-free residual (LSQR on J) for a PreActResNet18 snapshot with n·m_y ≥ 100,000 (n = 10000,
       m_y = 10, 16×16×1 inputs): time per iteration and per evaluation (iterations capped); and, with Ray,
       the CPU scaling of J·u + Jᵀ·w with 1 and 2 actors (one thread each).
+  (d) building M at the laptop profile's size (LeNet m_c ∈ {1, 2, 4}, n = 100, m_y = 10): the contraction's
+      upper block triangle (eeray.diagnostics.gram.TRIANGLE_ROWS) against one full product J Jᵀ, alternated in
+      one run (median of --gram-reps), with the largest entrywise difference between the two.
 
 Sizes above the caps are listed as skipped with the reason (CPU defaults keep a run to a few minutes);
 a capped stand-in run is labelled with its real size. Runs without Ray (only (c)'s actor part needs it).
@@ -136,6 +139,42 @@ def bench_lenet(device, args) -> list[dict]:
                      "seconds_rank_augmentation": rep.seconds_second_test, "rank": rep.rank, "aligned": rep.aligned,
                      "budget_bytes": args.budget,
                      "goal": "<= 1 s and <= 16 GB on one H100 (m_c=4, n=1000)" if m_c == 4 else ""})
+        print(rows[-1], flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- (d) upper-triangle contraction
+def bench_contraction(device, args) -> list[dict]:
+    from eeray.diagnostics import gram as gram_module
+
+    rows, n = [], 100
+    for m_c in (1, 2, 4):
+        gen = torch.Generator().manual_seed(0)
+        torch.manual_seed(m_c)
+        model = LeNet(m_c, 10, 1, 16).to(device)
+        x = torch.randn(n, 1, 16, 16, generator=gen).to(device)
+        fm = FunctionalModel(model)
+        blocked = gram_module.TRIANGLE_ROWS
+        times: dict[str, list[float]] = {"upper": [], "full": []}
+        grams = {}
+        gram_module.build_gram(fm, x, 10, args.budget)  # warm-up (kernels, vmap)
+        try:
+            for _ in range(args.gram_reps):
+                for name, block_rows in (("full", n * 10), ("upper", blocked)):
+                    gram_module.TRIANGLE_ROWS = block_rows  # n·m_y rows in one block: one full product
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    grams[name] = gram_module.build_gram(fm, x, 10, args.budget)
+                    _sync(device)
+                    times[name].append(time.perf_counter() - t0)
+        finally:
+            gram_module.TRIANGLE_ROWS = blocked
+        med = {k: float(np.median(v)) for k, v in times.items()}
+        diff = float((grams["upper"] - grams["full"]).abs().max() / grams["full"].abs().max())
+        rows.append({"part": "d", "case": f"build M lenet m_c={m_c} n={n}", "status": "ok", "n": n, "m_y": 10,
+                     "d": fm.d, "seconds": med["upper"], "seconds_full_product": med["full"],
+                     "ratio_upper_over_full": med["upper"] / med["full"], "triangle_rows": blocked,
+                     "reps": args.gram_reps, "max_rel_difference": diff})
         print(rows[-1], flush=True)
     return rows
 
@@ -308,7 +347,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--tag", default=None, help="file suffix (default: cpu or gpu)")
     p.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run)")
-    p.add_argument("--parts", default="abc")
+    p.add_argument("--parts", default="abcd")
     p.add_argument("--budget", type=float, default=None, help="alignment memory budget in GiB (GPU 16, CPU 8)")
     p.add_argument("--max-align-n", type=int, default=None, help="cap n for (a) (CPU default 200)")
     p.add_argument("--max-gram-gib", type=float, default=None, help="largest safe-exploration Gram (GiB)")
@@ -319,6 +358,7 @@ def main(argv=None) -> None:
     p.add_argument("--mf-batch", type=int, default=1000)
     p.add_argument("--actor-n", type=int, default=128)
     p.add_argument("--actor-reps", type=int, default=3)
+    p.add_argument("--gram-reps", type=int, default=5, help="repetitions per variant in (d)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -331,6 +371,7 @@ def main(argv=None) -> None:
     if args.quick:
         defaults.update(max_align_n=50, max_gram_gib=min(defaults["max_gram_gib"], 1.0), max_second_n=1000,
                         max_svd_n=1000, max_mf_n=20, krylov_iters=2, actor_n=16, actor_reps=1)
+        args.gram_reps = 1
     for k, v in defaults.items():
         if getattr(args, k) is None or (args.quick and k in ("actor_n", "actor_reps")):
             setattr(args, k, v)
@@ -338,7 +379,7 @@ def main(argv=None) -> None:
     info = machine_info(device)
     print(info, flush=True)
     rows = []
-    for part, fn in (("a", bench_lenet), ("b", bench_safety), ("c", bench_matrix_free)):
+    for part, fn in (("a", bench_lenet), ("b", bench_safety), ("c", bench_matrix_free), ("d", bench_contraction)):
         if part in args.parts:
             rows += fn(device, args)
     write(rows, info, args)

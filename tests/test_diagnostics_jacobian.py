@@ -84,6 +84,21 @@ def test_chunked_gram_equals_explicit_jjt_and_ntk_vector_products(scale):
     assert [m for m, _, _ in plan.factorised] == ["3", "6"]  # both Linear layers use the exact factorisation
 
 
+@pytest.mark.parametrize("rows", [4, 27, 1000], ids=["row_blocks", "one_block_exactly", "one_block"])
+def test_upper_triangle_contraction_in_row_blocks_equals_explicit_jjt(monkeypatch, rows):
+    """The contraction adds only the upper block triangle of JJᵀ (row blocks of TRIANGLE_ROWS; N = 27 here, so
+    4 gives seven blocks, the last one short) and M is mirrored from it: every entry still equals the explicit
+    product, and M is exactly symmetric."""
+    from eeray.diagnostics import gram as gram_module
+
+    monkeypatch.setattr(gram_module, "TRIANGLE_ROWS", rows)
+    net = conv_bn_net()
+    gram = build_gram(FunctionalModel(net), X, 3, 10**9)
+    jac = explicit_jacobian(net, X)
+    torch.testing.assert_close(gram, jac @ jac.T, rtol=1e-12, atol=1e-12)
+    assert torch.equal(gram, gram.T)
+
+
 def test_cross_block_equals_slice_of_full_gram():
     net = conv_bn_net()
     fm = FunctionalModel(net)

@@ -27,6 +27,7 @@ from eeray.diagnostics.errors import MemoryBudgetError
 from eeray.diagnostics.jacobian import FunctionalModel, check_finite, eval_mode, perturbation_hook
 
 F64 = 8  # bytes per float64
+TRIANGLE_ROWS = 128  # row block of the symmetric contraction (see _add_upper)
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,22 @@ def _add_contraction(fm, plan, names, x, x_cols, out) -> None:
         for ib, b in enumerate(col_chunks):
             if x_cols is None and ib < ia:
                 continue  # upper triangle only; mirrored at the end
-            j_b = j_a if (x_cols is None and ib == ia) else _rows(fm, plan, names, (x if x_cols is None else x_cols)[b])
-            out[a.start * m_y:a.stop * m_y, b.start * m_y:b.stop * m_y].addmm_(j_a, j_b.T)
+            block = out[a.start * m_y:a.stop * m_y, b.start * m_y:b.stop * m_y]
+            if x_cols is None and ib == ia:
+                _add_upper(block, j_a)
+                continue
+            j_b = _rows(fm, plan, names, (x if x_cols is None else x_cols)[b])
+            block.addmm_(j_a, j_b.T)
             del j_b
+
+
+def _add_upper(block: torch.Tensor, j: torch.Tensor) -> None:
+    """block += j jᵀ on the upper block triangle only ((R, R) += (R, d)(R, d)ᵀ, blocks of ``rows`` rows): the
+    lower one is mirrored at the end, so this does (k+1)/2k of a full product's work for k blocks (0.56× at the
+    1000 rows of a 100-sample, 10-output report; the product is most of building M for a conv net)."""
+    for s in range(0, j.shape[0], TRIANGLE_ROWS):
+        r = slice(s, min(s + TRIANGLE_ROWS, j.shape[0]))
+        block[r, s:].addmm_(j[r], j[s:].T)
 
 
 # ------------------------------------------------------------------ Linear-layer factorisation

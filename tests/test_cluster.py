@@ -194,16 +194,20 @@ def test_without_address_a_study_starts_its_own_ray_beside_a_running_cluster(clu
 # --------------------------------------------------------------------------- faults
 def early_running_trial(results: Path, study: str):
     """(trial_id, node IP) of a trial that has reported at most 10 of its 31 results and not finished, from
-    Tune's per-trial result.json (each result carries Tune's node_ip); None while there is none."""
-    # a --storage the user names holds <storage>/<study>/<execution>/<segment>/<trial>/
-    for path in sorted((results / "checkpoints" / study).glob("*/tune/*/result.json")):
+    Tune's experiment state on storage (each trial's last result carries Tune's node_ip); None while there is
+    none."""
+    # a --storage the user names holds <storage>/<study>/<execution>/<segment>/experiment_state-*.json
+    for path in sorted((results / "checkpoints" / study).glob("*/tune/experiment_state-*.json")):
         try:
-            last = json.loads(path.read_text().strip().splitlines()[-1])
-        except (IndexError, ValueError, OSError):
-            continue  # not written yet, or half a line
-        done = any((results / study / "trials").rglob(f"{path.parent.name}.parquet"))
-        if not done and 1 <= last.get("training_iteration", 0) <= 10 and last.get("node_ip"):
-            return path.parent.name, last["node_ip"]
+            state = json.loads(path.read_text())
+        except (ValueError, OSError):
+            continue  # not written yet (the storage replaces it whole, but it may not exist)
+        for _, runtime in state["trial_data"]:
+            last = json.loads(runtime).get("last_result") or {}
+            trial_id = last.get("trial_id")
+            done = trial_id and any((results / study / "trials").rglob(f"{trial_id}.parquet"))
+            if trial_id and not done and 1 <= last.get("training_iteration", 0) <= 10 and last.get("node_ip"):
+                return trial_id, last["node_ip"]
     return None
 
 

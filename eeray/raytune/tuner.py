@@ -34,7 +34,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.logger import JsonLoggerCallback  # noqa: E402
 
 from eeray import faults, identity  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
@@ -98,7 +97,10 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
             trial_name_creator=TrialNamer(study), trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,  # every file replaced atomically
-            callbacks=[callback, JsonLoggerCallback()],  # JSON: Tune's own summary
+            # no Tune loggers (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS above): their per-trial files sit in the
+            # driver's staging directory, which Tune copies to storage whole at every snapshot (benchmarks/
+            # orchestration.py: at 216 trials 648 files per copy, a snapshot per loop step)
+            callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # > the checkpoints one loop step can add
             verbose=0),  # progress is eeray's own line (completed/running/pending/failed, ETA) every 30 s

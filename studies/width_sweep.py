@@ -20,8 +20,11 @@ Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2
           diagnostic samples and evaluations (216 trials, 31 min) was stable on random16 standard only, so it
           was not adopted, nor was 12 seeds with diagnostics every 4 epochs at 100 samples and evaluations every 2
           (216 trials, 38.6 min, 2026-12-02: no verdict stable, 52–66%: coarser alignment measures cost more than
-          the seeds gain); resampling this run's seeds, 12 seeds at these diagnostics would make digits16 EE
-          stable (85% of simulated studies) at about twice the time.
+          the seeds gain), nor 12 seeds at 16 epochs with these diagnostics (216 trials, 51 min, 2026-12-02:
+          digits16 standard "error follows alignment" 92% is stable, digits16 EE 76%, random16 EE 74%, random16
+          standard 53%: at 16 epochs one random16 trial out of 36 is not aligned at one evaluation, so alignment
+          is no longer constant there); resampling the 6-seed laptop run's seeds, 12 seeds at 32 epochs would
+          make digits16 EE stable (85% of simulated studies) at about twice the time.
 """
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.cli import main

@@ -7,8 +7,8 @@ epoch; the EE variant also sweeps m_H = ⌈c·n/m_{H−1}⌉, c ∈ {0.5, 1, 2, 
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
 Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes
 Profiles: --profile smoke | laptop | paper (default: paper with a GPU, laptop without)
-Runtime:  smoke ~1.5 min (2 cores); laptop 27 min (2 cores, measured: 108 trials, 28:57 for `bash quickstart.sh
-          study` from a clean clone, set-up included); paper ~3 GPU-hours (4 per GPU)
+Runtime:  smoke ~1.5 min (2 cores); laptop 18 min (2 cores, measured 2026-12-02: 108 trials in 1069 s, 21:01 for
+          `bash quickstart.sh study` from a clean clone, set-up included); paper ~3 GPU-hours (4 per GPU)
 Expect:   final training error falls with m_c, and trials whose runs stay aligned (Q_T flat) reach zero error;
           analysis/width_vs_alignment.ipynb tests whether alignment explains the error beyond size.
 Summary:  per dataset and model family, the verdict (does error follow size or alignment?) and its stability, the

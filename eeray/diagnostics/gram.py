@@ -164,7 +164,7 @@ def _add_contraction(fm, plan, names, x, x_cols, out) -> None:
 
 
 def _add_upper(block: torch.Tensor, j: torch.Tensor) -> None:
-    """block += j jᵀ on the upper block triangle only ((R, R) += (R, d)(R, d)ᵀ, blocks of ``rows`` rows): the
+    """block += j jᵀ on the upper block triangle only ((R, R) += (R, d)(R, d)ᵀ, TRIANGLE_ROWS rows a block): the
     lower one is mirrored at the end, so this does (k+1)/2k of a full product's flops for k blocks (0.56× at the
     1000 rows of a 100-sample, 10-output report). Building that M for LeNet took 0.74–0.77× the time with one
     full product (benchmarks/diagnostics.py (d), CPU), entries equal to 1.4e-14 relative."""

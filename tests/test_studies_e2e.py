@@ -142,10 +142,16 @@ def _comparable(res):
     return finals, steps.reset_index(drop=True)
 
 
-def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tmp_path):
-    reference = tmp_path / "reference"
-    run_study(TINY, reference, expect=3)
-    ref_finals, ref_steps = _comparable(load(reference, "tiny"))
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny study run once, uninterrupted (exit 3: its diverging trial fails): (results_dir, stdout). The
+    diverging-trial test reads it, and the kill test compares its killed-and-resumed run with it."""
+    path = tmp_path_factory.mktemp("tiny_reference")
+    return path, run_study(TINY, path, expect=3).stdout
+
+
+def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    ref_finals, ref_steps = _comparable(load(tiny[0], "tiny"))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / TINY), "--results-dir", str(killed)]
@@ -175,8 +181,8 @@ def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert "trials (3 completed, 1 failed)" in out.stdout
 
 
-def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tmp_path):
-    out = run_study(TINY, tmp_path, expect=3)  # 3: the study ran to its end, some trials failed
+def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tiny):
+    tmp_path, stdout = tiny  # exit 3 (checked by the fixture): the study ran to its end, some trials failed
     res = load(tmp_path, "tiny")
     failed = res.trials[res.trials.status == "failed"]
     assert list(failed.trial_name) == ["diverge"] and (res.trials.status == "completed").sum() == 3
@@ -185,7 +191,7 @@ def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tmp_pat
     client, exp, runs = mlflow_runs(tmp_path, "tiny")
     run = next(r for r in runs if r.info.run_name == "diverge")
     assert run.info.status == "FAILED" and "training loss is" in run.data.tags["eeray.failure_reason"]
-    assert "failed: diverge: training loss is" in out.stdout
+    assert "failed: diverge: training loss is" in stdout
 
 
 def test_ee_vs_standard_smoke_runs_all_three_stages(smoke):

@@ -151,7 +151,8 @@ def tiny(tmp_path_factory):
 
 
 def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tiny, tmp_path):
-    ref_finals, ref_steps = _comparable(load(tiny[0], "tiny"))
+    reference, _ = tiny
+    ref_finals, ref_steps = _comparable(load(reference, "tiny"))
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / TINY), "--results-dir", str(killed)]
@@ -182,13 +183,13 @@ def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tiny, tmp_path)
 
 
 def test_a_diverging_trial_is_recorded_as_failed_and_the_study_completes(tiny):
-    tmp_path, stdout = tiny  # exit 3 (checked by the fixture): the study ran to its end, some trials failed
-    res = load(tmp_path, "tiny")
+    results_dir, stdout = tiny  # exit 3 (checked by the fixture): the study ran to its end, some trials failed
+    res = load(results_dir, "tiny")
     failed = res.trials[res.trials.status == "failed"]
     assert list(failed.trial_name) == ["diverge"] and (res.trials.status == "completed").sum() == 3
     assert failed.attempts.iloc[0] == 1  # final at once: a retry would diverge again (max_failures = 1)
     assert "training loss is" in failed.failure_reason.iloc[0] and "lr 1e+12" in failed.failure_reason.iloc[0]
-    client, exp, runs = mlflow_runs(tmp_path, "tiny")
+    client, exp, runs = mlflow_runs(results_dir, "tiny")
     run = next(r for r in runs if r.info.run_name == "diverge")
     assert run.info.status == "FAILED" and "training loss is" in run.data.tags["eeray.failure_reason"]
     assert "failed: diverge: training loss is" in stdout

@@ -8,10 +8,13 @@ together. Its state (every sub-study) is saved with the experiment, so ``--resum
 from __future__ import annotations
 
 import pickle
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from eeray.raytune.search_state import StoredTrial, matches
 
 
 class _PicklingSearcher(Searcher):
@@ -24,6 +27,16 @@ class _PicklingSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
+        """Agree with the trials Tune stored (:mod:`eeray.raytune.search_state`); what changed, or None."""
+        raise NotImplementedError
+
+    def _point_of(self, config: Mapping[str, Any]) -> int:
+        found = [i for i, p in enumerate(self._points) if matches(p, config)]
+        if len(found) != 1:
+            raise ValueError(f"a stored trial's config {config} is {len(found)} of the searcher's points, not one")
+        return found[0]
 
 
 class GridOptunaSearch(_PicklingSearcher):
@@ -59,6 +72,24 @@ class GridOptunaSearch(_PicklingSearcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._owner:
             self._subs[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
+
+    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
+        # every suggestion is in _owner, so a point's samples are what it has left plus what it handed out
+        handed = Counter(self._owner.values())
+        samples = [left + handed[i] for i, left in enumerate(self._remaining)]
+        stored = {t.trial_id: self._point_of(t.config) for t in trials}
+        kept = Counter(stored.values())
+        remaining = [samples[i] - kept[i] for i in range(len(self._points))]
+        lost = sorted(t for t in self._owner if t not in stored)
+        if remaining == self._remaining and not lost:
+            return None
+        # a lost trial's Optuna trial stays open in its sub-study; TPE leaves open trials out of its model
+        unrecorded = sum(t not in self._owner for t in stored)
+        message = (f"{len(lost)} suggestion(s) without a stored trial are made again, {unrecorded} stored trial(s) "
+                   f"were not recorded as suggested; samples left per point now {remaining}")
+        self._remaining = remaining
+        self._owner = {t: i for t, i in self._owner.items() if t in stored}
+        return message
 
 
 
@@ -101,3 +132,17 @@ class PointsSearch(_PicklingSearcher):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
+
+    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
+        stored = {self._point_of(t.config) for t in trials}
+        suggested = [i in stored for i in range(len(self._points))]
+        if suggested == self._suggested:
+            return None
+        again = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if was and not now]
+        known = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if now and not was]
+        self._suggested = suggested
+        return "; ".join([*([f"suggested again (no stored trial): {', '.join(again)}"] if again else []),
+                          *([f"stored but not recorded as suggested: {', '.join(known)}"] if known else [])])
+
+    def _label(self, i: int) -> str:
+        return self._names[i] if self._names else str(self._points[i])

@@ -38,6 +38,7 @@ from ray import tune  # noqa: E402
 from eeray import faults, identity  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
+from eeray.raytune.search_state import drop_staged_state, reconcile  # noqa: E402
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
@@ -62,6 +63,12 @@ def git_commit() -> str:
 def trainable_of(study: Study, branching=None):
     return tune.with_resources(tune.with_parameters(tune_trial, study=study, branching=branching),
                                tune.PlacementGroupFactory(study.resources.bundles()))
+
+
+def searcher_class(study: Study) -> type:
+    from eeray.raytune import searchers  # imports Optuna: only once Ray runs
+
+    return searchers.GridOptunaSearch if study.search else searchers.PointsSearch
 
 
 def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: str, callback: StudyCallback,
@@ -183,6 +190,9 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
                 recorder.branching.append(branching)
                 path, fs = tune_storage(path)
                 if tune.Tuner.can_restore(path, storage_filesystem=fs):
+                    drop_staged_state(path, fs)
+                    for repair in reconcile(path, fs, searcher_class(study)):
+                        print(f"note: resume: {repair}", flush=True)
                     tuner = tune.Tuner.restore(path, trainable_of(study, branching), resume_unfinished=True,
                                                resume_errored=True, storage_filesystem=fs)
                 else:

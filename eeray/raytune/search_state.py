@@ -1,0 +1,134 @@
+"""Tune's searcher state agrees with its experiment state before ``Tuner.restore`` reads them.
+
+Tune saves three files per snapshot into its staging directory — the experiment state (the trials),
+``search_gen_state-*`` (how many trials were created, the concurrency limiter's live trials) and
+``searcher-state-*`` (eeray's searcher: which points were suggested) — and uploads them one by one, while it
+may already be writing the next snapshot. A driver killed between two uploads, or an upload that read one file
+a snapshot later than another, leaves them disagreeing (seen in CI: a one-trial experiment state with a searcher
+that had suggested both points, so every ``--resume`` waited for a trial that no longer existed and exited 130).
+
+The experiment state is what Tune restores trials from, so it is the truth: :func:`reconcile` rewrites the newest
+searcher and search-generator states so that a point counts as suggested exactly when a stored trial has its
+config, the trial counter is the number of stored trials, and the limiter's live trials are the stored trials
+that will run again. A point suggested after the experiment state was saved is suggested again; a stored trial
+the searcher had not yet recorded is not suggested twice.
+
+Tune restores the trials from storage but the searcher from the driver's staging directory, after copying
+storage's state files into it. On a cluster that outlives the driver (``--address``) a killed driver's staging
+directory is still there, holding state files it never uploaded, and the resumed driver would restore its
+searcher from those: :func:`drop_staged_state` removes them first (storage has everything Tune needs).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import pyarrow.fs as pafs
+import ray.cloudpickle as cloudpickle
+from ray.tune.utils.serialization import _loads_with_cloudpickle  # the decoder Tune's own restore uses
+
+_STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
+_KEPT = {"TERMINATED"}  # every other status runs again on --resume (resume_unfinished, resume_errored)
+
+
+@dataclass(frozen=True)
+class StoredTrial:
+    trial_id: str
+    config: dict
+    done: bool  # TERMINATED: restored as it is, never reported to the searcher again
+
+
+def plain(value: Any) -> Any:
+    """A config as JSON gives it back (tuples become lists), so a point and a stored config compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=repr))
+
+
+def matches(point: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
+    """The stored trial's config is this point's (a grid point's keys are a subset of its trials' configs)."""
+    point, config = plain(dict(point)), plain(dict(config))
+    return all(k in config and config[k] == v for k, v in point.items())
+
+
+def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls) -> list[str]:
+    """Make the newest searcher states of the Tune experiment directory agree with its newest experiment state;
+    returns one line per repair (empty: they agreed, or there is nothing to restore). ``searcher_cls`` is the
+    eeray searcher the experiment was made with; its ``reconcile(trials)`` updates its own pickled fields."""
+    if fs is None:
+        fs, experiment = pafs.FileSystem.from_uri(experiment)
+    paths = [_newest(fs, experiment, *pattern.split("*")) for pattern in _STATE_FILES]
+    if None in paths:
+        return []
+    state_file, searcher_file, gen_file = paths
+    names = [os.path.basename(p) for p in paths]
+    trials = stored_trials(_read(fs, state_file))
+    searcher = searcher_cls.__new__(searcher_cls)
+    searcher.__dict__.update(pickle.loads(_read(fs, searcher_file)))
+    repairs = [r for r in [searcher.reconcile(trials)] if r]
+    gen = cloudpickle.loads(_read(fs, gen_file))
+    if gen["counter"] != len(trials):
+        repairs.append(f"Tune's trial counter was {gen['counter']}, the experiment state holds {len(trials)} trial(s)")
+    live = {t.trial_id for t in trials if not t.done}
+    limiter = gen.get("name:ConcurrencyLimiter")  # present when max_concurrent_trials is set
+    if limiter is not None and limiter["live_trials"] != live:
+        repairs.append(f"the concurrency limiter counted {len(limiter['live_trials'])} live trial(s), "
+                       f"{len(live)} will run")
+    if not repairs:
+        return []
+    gen["counter"], gen["finished"] = len(trials), False  # a finished searcher answers FINISHED again by itself
+    if limiter is not None:
+        limiter["live_trials"], limiter["num_unfinished_live_trials"] = live, len(live)
+    _write(fs, searcher_file, pickle.dumps(searcher.__dict__))  # as _PicklingSearcher.save writes it
+    _write(fs, gen_file, cloudpickle.dumps(gen))
+    return [f"{names[0]} and {names[1]} disagree: {r}" for r in repairs]
+
+
+def drop_staged_state(experiment: str, fs: pafs.FileSystem | None) -> list[str]:
+    """Remove the state files of this experiment from this driver's staging directory (the one Tune's restore
+    will use: named by the first stored trial's start, ``TuneController.restore_from_dir``); returns them. Ray
+    must be connected: the directory is in its session."""
+    from ray.train.constants import _get_ray_train_session_dir
+
+    if fs is None:
+        fs, experiment = pafs.FileSystem.from_uri(experiment)
+    state = _newest(fs, experiment, "experiment_state-", ".json")
+    if state is None:
+        return []
+    trials = _loads_with_cloudpickle(_read(fs, state))["trial_data"]
+    if not trials:
+        return []
+    storage = _loads_with_cloudpickle(trials[0][0])["storage"]
+    staging = os.path.join(_get_ray_train_session_dir(), storage._timestamp, storage.experiment_dir_name,
+                           "driver_artifacts")
+    dropped = sorted(p for pattern in _STATE_FILES for p in glob.glob(os.path.join(staging, pattern)))
+    for p in dropped:
+        os.unlink(p)
+    return dropped
+
+
+def stored_trials(experiment_state: bytes) -> list[StoredTrial]:
+    trials = []
+    for trial_json, _run_metadata in _loads_with_cloudpickle(experiment_state)["trial_data"]:
+        t = _loads_with_cloudpickle(trial_json)
+        trials.append(StoredTrial(t["trial_id"], t["config"], t["status"] in _KEPT))
+    return trials
+
+
+def _newest(fs: pafs.FileSystem, directory: str, prefix: str, suffix: str) -> str | None:
+    """The file Tune restores of a kind: the greatest name."""
+    found = [i.path for i in fs.get_file_info(pafs.FileSelector(directory)) if i.type == pafs.FileType.File
+             and i.base_name.startswith(prefix) and i.base_name.endswith(suffix)]
+    return max(found, default=None)
+
+
+def _read(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.readall()
+
+
+def _write(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    with fs.open_output_stream(path) as f:  # eeray's local storage: a temporary renamed over the file
+        f.write(data)

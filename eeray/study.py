@@ -143,8 +143,36 @@ def validate_study(study: Study, *, cluster: bool = False) -> list[TrialSpec]:
                     check_safe_exploration(cfg, n=sizes[_data_key(cfg.data)].n_trained)
             except ConfigError as exc:
                 raise _in_trial(exc, spec) from None
+    _check_distinct_trials(specs, sizes)
     _check_resources(study, specs, cluster)
     return specs
+
+
+def _check_distinct_trials(specs: list[TrialSpec], sizes: dict) -> None:
+    """Two trials that build the same run are one trial run twice: it costs its time again and counts twice in
+    every statistic over trials. Different m_H factors c can give one head width, m_H = ⌈c·n/m_{H−1}⌉ (at
+    n = 600 and m_{H−1} = 2049, LeNet m_c = 4, c = 0.5 and c = 2 both give m_H = 1)."""
+    from dataclasses import asdict
+
+    seen: dict[str, TrialSpec] = {}
+    for spec in specs:
+        cfg = spec.config
+        if cfg.ee.enabled and cfg.ee.m_H is None:
+            n = sizes[_data_key(cfg.data)].n_before_split
+            m_H, m_hm1 = ee_head_sizes(cfg, n)
+            cfg = cfg.replace(**{"ee.m_H": m_H, "ee.m_H_factor": None})
+        key = repr(sorted(asdict(cfg).items()))
+        if key in seen:
+            first = seen[key]
+            if spec.config.ee.m_H_factor != first.config.ee.m_H_factor:
+                raise ConfigError("ee.m_H_factor", spec.config.ee.m_H_factor,
+                                  f"trials '{first.name}' (c = {first.config.ee.m_H_factor:g}) and '{spec.name}' "
+                                  f"(c = {spec.config.ee.m_H_factor:g}) are one run: both give m_H = {m_H} "
+                                  f"(⌈c·n/m_{{H−1}}⌉, n = {n}, m_{{H−1}} = "
+                                  f"{m_hm1}); choose factors whose m_H differ, or give ee.m_H")
+            raise ConfigError("study.trials", spec.name, f"it repeats trial '{first.name}' (every config field "
+                              "agrees): drop one of the two")
+        seen[key] = spec
 
 
 def _in_trial(exc: ConfigError, spec: TrialSpec) -> ConfigError:
@@ -253,6 +281,7 @@ def _check_user_optimizers(specs: list[TrialSpec]) -> None:
 class _Sizes:
     n_files: int | None  # training samples the dataset holds (None: generated, any size)
     n_trained: int  # samples a trial trains on (after the n_train subset and the val_fraction split)
+    n_before_split: int  # the n of m_H = ⌈c·n/m_{H−1}⌉: before the split (docs/paper-choices.md (A11))
 
 
 def _data_key(d) -> tuple:
@@ -279,10 +308,10 @@ def _dataset_sizes(specs: list[TrialSpec], datasets) -> dict[tuple, _Sizes]:
         if n_files is not None and d.n_train is not None and d.n_train > n_files:
             raise ConfigError("data.n_train", d.n_train, f"dataset '{d.name}' has {n_files} training samples"
                               f"{' in its files' if ds.kind == 'real' else ''}: at most {n_files}, or None for all")
-        n = d.n_train if d.n_train is not None else (n_files if n_files is not None else ds.n_train)
+        n = whole = d.n_train if d.n_train is not None else (n_files if n_files is not None else ds.n_train)
         if d.val_fraction > 0:
             n -= max(1, round(d.val_fraction * n))  # eeray.data._validation_split
-        out[_data_key(d)] = _Sizes(n_files, n)
+        out[_data_key(d)] = _Sizes(n_files, n, whole)
     return out
 
 

@@ -2,7 +2,8 @@
 
 The headline study (§2.2, Fig. 1; docs/paper-choices.md (F41)): LeNet, m_c ∈ {1, 2, 4}, trained by SGD on the random
 16×16 set and on real handwritten digits, several seeds, with the alignment report and Q_T (eq 7) tracked per
-epoch; the EE variant also sweeps m_H = ⌈c·n/m_{H−1}⌉, c ∈ {0.5, 1, 2, 4} (laptop and smoke: {0.5, 2}).
+epoch; the EE variant also sweeps m_H = ⌈c·n/m_{H−1}⌉, c ∈ {0.5, 1, 2, 4} (laptop: {0.5, 4}; smoke: {0.5, 2}),
+each distinct m_H once (a c whose m_H a smaller c already gives at a width is not run again at that width).
 
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
 Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes
@@ -38,8 +39,32 @@ SIZES = {  # profile: (n_train, epochs, seeds, m_c values, diagnostic samples, d
     "paper": (1000, 400, [0, 1, 2, 3, 4], [1, 2, 4], None, 60),  # 60 log-spaced evaluations (docs/paper-choices.md (D31))
 }
 
-# the EE variants' m_H factors c per profile (paper: all four of Fig. 1)
-EE_FACTORS = {"smoke": [0.5, 2], "laptop": [0.5, 2]}
+# the EE variants' m_H factors c per profile (paper: all four of Fig. 1). A factor whose m_H = ⌈c·n/m_{H−1}⌉
+# equals a smaller factor's at some width is that trial run twice (eeray refuses it): at n = 600, c = 0.5 and
+# c = 2 both give m_H = 1 at m_c = 4, while c = 4 gives m_H = 5, 3, 2 at m_c = 1, 2, 4
+EE_FACTORS = {"smoke": [0.5, 2], "laptop": [0.5, 4], "paper": [0.5, 1, 2, 4]}
+
+
+def ee_variants(base: TrialConfig, profile: str, widths: list[int]) -> dict[str, dict]:
+    """One variant per factor c; where c gives a width's m_H that a smaller c already gives, that width runs
+    once, under the smaller c (at n = 1000: c = 1 adds m_c = 1; c = 2 adds m_c = 1, 2; c = 4 adds all three)."""
+    from eeray.study import ee_head_sizes
+
+    def m_H(c, m_c):
+        cfg = base.replace(**{"ee.enabled": True, "ee.m_H_factor": c, "model.lenet_mc": m_c})
+        return ee_head_sizes(cfg, base.data.n_train)[0]
+
+    variants, seen = {}, {m_c: set() for m_c in widths}
+    for c in EE_FACTORS[profile]:
+        new = [m_c for m_c in widths if m_H(c, m_c) not in seen[m_c]]
+        for m_c in new:
+            seen[m_c].add(m_H(c, m_c))
+        pinned = {"ee.enabled": True, "ee.m_H_factor": c}
+        if new == widths:
+            variants[f"ee c={c:g}"] = pinned
+        else:
+            variants.update({f"ee c={c:g} m_c={m_c}": {**pinned, "model.lenet_mc": m_c} for m_c in new})
+    return variants
 
 
 def build(profile: str) -> Study:
@@ -58,9 +83,7 @@ def build(profile: str) -> Study:
         name="width_sweep",
         base=base,
         grid={"data.name": ["random16", "digits16"], "model.lenet_mc": widths, "seed": seeds},
-        variants={"standard": {"ee.enabled": False},
-                  **{f"ee c={c:g}": {"ee.enabled": True, "ee.m_H_factor": c}
-                     for c in (EE_FACTORS.get(profile, [0.5, 1, 2, 4]))}},
+        variants={"standard": {"ee.enabled": False}, **ee_variants(base, profile, widths)},
         resources=Resources(cpu=1, gpu=0.25 if profile == "paper" else 0),
         summary_columns=("final_train_error", "final_test_error", "final_Q_T", "d"),
         summarize=summarize,

@@ -25,6 +25,31 @@ def test_grid_and_variants_expand_to_readable_trials():
     assert specs[-1].config.ee.m_H_factor == 2.0 and specs[-1].config.model.lenet_mc == 2
 
 
+def test_factors_that_give_one_head_width_are_refused_as_one_trial_run_twice():
+    """m_H = ⌈c·n/m_(H−1)⌉: at n = 64 and LeNet m_c = 1 (m_(H−1) = 513), c = 0.5 and c = 4 both give m_H = 1."""
+    ee = {"ee.enabled": True}
+    s = study(grid={"seed": [0]}, variants={"a": {**ee, "ee.m_H_factor": 0.5}, "b": {**ee, "ee.m_H_factor": 4.0}})
+    with pytest.raises(ConfigError, match=r"'ee.m_H_factor' = 4.0 .*trials 'a seed=0' \(c = 0.5\) and 'b seed=0' "
+                                          r"\(c = 4\) are one run: both give m_H = 1 .*n = 64, m_\{H−1\} = 513"):
+        validate_study(s)
+    distinct = study(grid={"seed": [0]}, variants={"a": {**ee, "ee.m_H_factor": 0.5}, "b": {**ee, "ee.m_H": 2}})
+    assert len(validate_study(distinct)) == 2
+    with pytest.raises(ConfigError, match=r"'study.trials' = 'b seed=0' .*it repeats trial 'a'"):
+        validate_study(study(grid={"seed": [0]}, variants={"a": {"seed": 0}, "b": {}}))
+
+
+def test_width_sweep_runs_each_head_width_of_fig_1_once():
+    """The paper profile's c ∈ {0.5, 1, 2, 4} at n = 1000: m_H = 1, 2, 4, 8 (m_c = 1), 1, 1, 2, 4 (m_c = 2) and
+    1, 1, 1, 2 (m_c = 4), so c = 1 runs at m_c = 1 only and c = 2 at m_c = 1 and 2."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
+    import width_sweep
+
+    variants = width_sweep.build("paper").variants
+    assert {k: v.get("model.lenet_mc") for k, v in variants.items()} == {
+        "standard": None, "ee c=0.5": None, "ee c=1 m_c=1": 1, "ee c=2 m_c=1": 1, "ee c=2 m_c=2": 2, "ee c=4": None}
+    assert len(width_sweep.build("laptop").points()) == 108  # c ∈ {0.5, 4}: distinct at every width
+
+
 def test_unknown_sweep_key_names_the_key_and_valid_keys():
     with pytest.raises(ConfigError, match=r"'model.lenet_m' .*unknown key; valid keys: .*model\.lenet_mc"):
         validate_study(study(grid={"model.lenet_m": [1, 2]}))

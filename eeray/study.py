@@ -57,7 +57,9 @@ class TrialSpec:
 class Study:
     name: str
     base: TrialConfig
-    grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)  # cartesian product over dotted keys
+    # cartesian product over dotted keys; or a list of such grids, whose points are joined (e.g. more seeds on one
+    # dataset than on another)
+    grid: Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Sequence[Any]]] = field(default_factory=dict)
     # label -> overrides, each crossed with the grid; a variant that sets a grid key pins that axis (so the
     # Standard baseline is not repeated for every τ0 and ε)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"": {}})
@@ -83,10 +85,15 @@ class Study:
         such a dict (plus Optuna's values)."""
         out = []
         for label, pinned in self.variants.items():
-            keys = [k for k in self.grid if k not in pinned]
-            for values in itertools.product(*(self.grid[k] for k in keys)):
-                out.append({"variant": label, **dict(zip(keys, values))})
+            for grid in self.grids():
+                keys = [k for k in grid if k not in pinned]
+                for values in itertools.product(*(grid[k] for k in keys)):
+                    out.append({"variant": label, **dict(zip(keys, values))})
         return out
+
+    def grids(self) -> list[Mapping[str, Sequence[Any]]]:
+        """The grid as a list of cartesian grids (one, unless ``grid`` is a list)."""
+        return [self.grid] if isinstance(self.grid, Mapping) else list(self.grid)
 
     def overrides(self, point: Mapping[str, Any]) -> dict[str, Any]:
         point = dict(point)
@@ -219,18 +226,23 @@ def _check_study_settings(study: Study) -> None:
         raise ConfigError("study.max_failures", study.max_failures,
                           "must be an integer >= 0 (retries of a trial after a lost worker or node; Tune's -1, "
                           "retry forever, is refused: a trial that cannot succeed would never end)")
-    if not isinstance(study.grid, Mapping):
-        raise ConfigError("study.grid", study.grid, "must be a dict: dotted key -> list of values")
-    for key, values in study.grid.items():
-        if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
-            raise ConfigError(f"grid.{key}", values, f"a sweep axis is a list of values, e.g. "
-                              f"{{'{key}': [{values!r}]}} for one value")
-        if not values:
-            raise ConfigError(f"grid.{key}", values, "a sweep axis needs at least one value")
-        for i, v in enumerate(values):
-            if any(_same(v, w) for w in values[:i]):
-                raise ConfigError(f"grid.{key}", list(values), f"the value {v!r} is listed twice; each value "
-                                  "once (a repeated value runs the same trials twice)")
+    joined = isinstance(study.grid, (list, tuple))
+    if not (isinstance(study.grid, Mapping) or joined and study.grid and all(isinstance(g, Mapping)
+                                                                             for g in study.grid)):
+        raise ConfigError("study.grid", study.grid, "must be a dict: dotted key -> list of values, or a non-empty "
+                          "list of such dicts (their points joined)")
+    for j, grid in enumerate(study.grids()):
+        where = f"grid[{j}]" if joined else "grid"
+        for key, values in grid.items():
+            if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+                raise ConfigError(f"{where}.{key}", values, f"a sweep axis is a list of values, e.g. "
+                                  f"{{'{key}': [{values!r}]}} for one value")
+            if not values:
+                raise ConfigError(f"{where}.{key}", values, "a sweep axis needs at least one value")
+            for i, v in enumerate(values):
+                if any(_same(v, w) for w in values[:i]):
+                    raise ConfigError(f"{where}.{key}", list(values), f"the value {v!r} is listed twice; each "
+                                      "value once (a repeated value runs the same trials twice)")
     if not isinstance(study.variants, Mapping) or not all(isinstance(v, Mapping) for v in study.variants.values()):
         raise ConfigError("study.variants", study.variants, "must be a dict: label -> dict of dotted overrides")
 

@@ -38,6 +38,18 @@ def test_factors_that_give_one_head_width_are_refused_as_one_trial_run_twice():
         validate_study(study(grid={"seed": [0]}, variants={"a": {"seed": 0}, "b": {}}))
 
 
+def test_a_list_of_grids_joins_their_points_and_refuses_a_point_two_of_them_give():
+    joined = study(grid=[{"model.lenet_mc": [1], "seed": [0, 1, 2]}, {"model.lenet_mc": [2], "seed": [0]}])
+    assert [s.name for s in validate_study(joined)] == ["m_c=1 seed=0", "m_c=1 seed=1", "m_c=1 seed=2", "m_c=2 seed=0"]
+    with pytest.raises(ConfigError, match=r"'study.trials' = 'seed=0 m_c=1' .*it repeats trial 'm_c=1 seed=0'"):
+        validate_study(study(grid=[{"model.lenet_mc": [1], "seed": [0]}, {"seed": [0], "model.lenet_mc": [1]}]))
+    with pytest.raises(ConfigError, match=r"'grid\[1\].seed' = \[\] is invalid: a sweep axis needs"):
+        validate_study(study(grid=[{"seed": [0]}, {"seed": []}]))
+    for bad in ([], [{"seed": [0]}, ["seed"]]):
+        with pytest.raises(ConfigError, match=r"'study.grid' .*or a non-empty list of such dicts"):
+            validate_study(study(grid=bad))
+
+
 def test_width_sweep_runs_each_head_width_of_fig_1_once():
     """The paper profile's c ∈ {0.5, 1, 2, 4} at n = 1000: m_H = 1, 2, 4, 8 (m_c = 1), 1, 1, 2, 4 (m_c = 2) and
     1, 1, 1, 2 (m_c = 4), so c = 1 runs at m_c = 1 only and c = 2 at m_c = 1 and 2."""

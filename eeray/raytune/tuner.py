@@ -273,7 +273,9 @@ def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> Mlfl
     tracker.start_study(meta["execution"], f"{study.name} {meta['execution']}",
                         {"profile": meta["profile"], "trials": len(study.points()) * study.samples_per_point,
                          "fingerprint": meta["fingerprint"],
-                         "grid": json.dumps({k: list(v) for k, v in study.grid.items()}, default=str),
+                         "grid": json.dumps([{k: list(v) for k, v in g.items()} for g in study.grids()]
+                                            if isinstance(study.grid, (list, tuple)) else
+                                            {k: list(v) for k, v in study.grid.items()}, default=str),
                          "variants": json.dumps(list(study.variants))},
                         {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]})
     return tracker

@@ -137,6 +137,9 @@ class _Refused(Exception):
 def run_study(study: Study, profile: str, args) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema-migration chatter
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
+    # Tune's ResultGrid looks for per-trial result files that eeray turns off (Parquet is the record) and warns
+    # once per trial at the end of fit(): 162 lines after the laptop width_sweep
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     results_dir = Path(args.results_dir).resolve()
     study_dir = results_dir / study.name
     try:

@@ -59,7 +59,9 @@ def test_width_sweep_runs_each_head_width_of_fig_1_once():
     variants = width_sweep.build("paper").variants
     assert {k: v.get("model.lenet_mc") for k, v in variants.items()} == {
         "standard": None, "ee c=0.5": None, "ee c=1 m_c=1": 1, "ee c=2 m_c=1": 1, "ee c=2 m_c=2": 2, "ee c=4": None}
-    assert len(width_sweep.build("laptop").points()) == 108  # c ∈ {0.5, 4}: distinct at every width
+    laptop = width_sweep.build("laptop")  # c ∈ {0.5, 2}: c = 2 gives m_c = 4 the m_H = 1 of c = 0.5
+    assert list(laptop.variants) == ["standard", "ee c=0.5", "ee c=2 m_c=1", "ee c=2 m_c=2"]
+    assert len(validate_study(laptop)) == 96
 
 
 def test_unknown_sweep_key_names_the_key_and_valid_keys():

@@ -8,24 +8,25 @@ each distinct m_H once (a c whose m_H a smaller c already gives at a width is no
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
 Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes
 Profiles: --profile smoke | laptop | paper (default: paper with a GPU, laptop without)
-Runtime:  smoke ~1.5 min (2 cores); laptop 18 min (2 cores, measured 2026-12-02: 108 trials in 1069 s, 21:01 for
-          `bash quickstart.sh study` from a clean clone, set-up included); paper ~3 GPU-hours (4 per GPU)
+Runtime:  smoke ~1.5 min (2 cores); laptop 19 min (2 cores, measured 2026-12-03: 96 trials in 1148 s; `bash
+          quickstart.sh study` adds about 4 minutes of set-up in a clean clone); paper ~3 GPU-hours (4 per GPU)
 Expect:   final training error falls with m_c, and trials whose runs stay aligned (Q_T flat) reach zero error;
           analysis/width_vs_alignment.ipynb tests whether alignment explains the error beyond size.
 Summary:  per dataset and model family, the verdict (does error follow size or alignment?) and its stability, the
           share of simulated reruns on resampled seeds reaching it; a verdict below 80% is reported as not stable.
-Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2}. Measured (2026-12-02, 2 cores):
-          random16 standard "neither survives; aligned_fraction is the same in every trial" (86% of reruns) and
-          random16 EE "both survive" (86%) are stable; digits16 is not (EE: "both survive" in 69%; standard: 35%,
-          its answer hinges on two diverged trials out of 18), and the summary says so. 12 seeds with half the
-          diagnostic samples and evaluations (216 trials, 31 min) was stable on random16 standard only, so it
-          was not adopted, nor was 12 seeds with diagnostics every 4 epochs at 100 samples and evaluations every 2
-          (216 trials, 38.6 min, 2026-12-02: no verdict stable, 52–66%: coarser alignment measures cost more than
-          the seeds gain), nor 12 seeds at 16 epochs with these diagnostics (216 trials, 51 min, 2026-12-02:
-          digits16 standard "error follows alignment" 92% is stable, digits16 EE 76%, random16 EE 74%, random16
-          standard 53%: at 16 epochs one random16 trial out of 36 is not aligned at one evaluation, so alignment
-          is no longer constant there); resampling the 6-seed laptop run's seeds, 12 seeds at 32 epochs would
-          make digits16 EE stable (85% of simulated studies) at about twice the time.
+Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2} with c = 2 at m_c = 1, 2 only (at
+          m_c = 4 it gives c = 0.5's m_H = 1). Measured (2026-12-03, 2 cores): random16 standard "neither survives;
+          aligned_fraction is the same in every trial" (86% of 200 seed resamples), random16 EE "both survive"
+          (84%) and digits16 EE "both survive" (92%) are stable; digits16 standard is not (45%: its partial
+          correlations' intervals span 0 on both sides), and the summary says so.
+          Tried and not adopted (2 cores): 12 seeds with half the diagnostic samples and evaluations (216 trials,
+          31 min: stable on random16 standard only); 12 seeds with diagnostics every 4 epochs (216 trials, 38.6
+          min: none stable, 52–66%); 12 seeds at 16 epochs (216 trials, 51 min: at 16 epochs one random16 trial
+          in 36 is not aligned at one evaluation, random16 standard 53%); random16 6 seeds × 32 epochs with
+          digits16 12 seeds × 16 epochs and c ∈ {0.5, 4} (162 trials, 27 min, 2026-12-03: digits16 EE 90% and
+          random16 standard 86% stable, digits16 standard 53% and random16 EE 52% not); c ∈ {0.5, 2} with the
+          12 repeated m_c = 4 trials (108 trials, 18 min, 2026-12-02: random16 both stable, digits16 EE 69%,
+          digits16 standard 35%).
 """
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.cli import main

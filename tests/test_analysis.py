@@ -260,13 +260,13 @@ def test_verdict_stability_on_planted_structures():
     assert table.loc[0, "stability"] == row["stability"]
     assert table.loc[0, "verdict"].startswith("error follows alignment;" if row["stable"] else "not stable: only")
 
-    # pure noise with a weak size link: whatever the data's verdict, reruns disagree and the line says so
+    # pure noise: whatever the data's verdict, reruns disagree (67% here) and the line says so instead of a verdict
     noise = analysis.trial_measures(planted_results("size", seeds=range(4), widths=range(1, 4), seed=3))
     noise = noise.assign(final_train_error=np.random.default_rng(0).random(len(noise)))
     st = analysis.verdict_stability(noise, n_boot=300, n_outer=60, n_inner=60)
     table = analysis.survival_table(analysis.association_table(noise, n_boot=300), st)
-    if not st.loc[0, "stable"]:
-        assert table.loc[0, "verdict"].startswith(f"not stable: only {st.loc[0, 'stability']:.0%} of 60 seed ")
+    assert not st.loc[0, "stable"] and st.loc[0, "stability"] < analysis.STABLE_SHARE
+    assert table.loc[0, "verdict"].startswith(f"not stable: only {st.loc[0, 'stability']:.0%} of 60 seed ")
     two = analysis.trial_measures(planted_results("size", seeds=range(2), widths=range(1, 5)))
     st = analysis.verdict_stability(two, n_boot=100, n_outer=20, n_inner=20)
     assert np.isnan(st.loc[0, "stability"]) and not st.loc[0, "stable"]

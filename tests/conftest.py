@@ -16,6 +16,13 @@ def _seeded():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _cuda_for_gpu_tests(request):
+    """A test marked gpu fails without CUDA (selected with -m gpu on the wrong machine): never a silent skip."""
+    if request.node.get_closest_marker("gpu") and not torch.cuda.is_available():
+        pytest.fail("marked gpu: needs a CUDA device; run on the GPU machine with -m gpu")
+
+
 # --------------------------------------------------------------------------- studies, run once per session
 import subprocess as _subprocess  # noqa: E402
 import sys as _sys  # noqa: E402

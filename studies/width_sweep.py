@@ -8,17 +8,17 @@ each distinct m_H once (a c whose m_H a smaller c already gives at a width is no
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
 Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes
 Profiles: --profile smoke | laptop | paper (default: paper with a GPU, laptop without)
-Runtime:  smoke ~1.5 min (2 cores); laptop 19–22 min (2 cores, measured 2026-12-03: 96 trials in 1148 s and
-          1291 s; `bash quickstart.sh study` 1589 s in a clean clone, set-up included); paper ~3 GPU-hours
+Runtime:  smoke ~1.5 min (2 cores); laptop 19–22 min (2 cores, measured 2026-12-03/04: 96 trials in 1148 s,
+          1291 s and 1215 s; `bash quickstart.sh study` 1589 s in a clean clone, set-up included); paper ~3 GPU-hours
 Expect:   final training error falls with m_c, and trials whose runs stay aligned (Q_T flat) reach zero error;
           analysis/width_vs_alignment.ipynb tests whether alignment explains the error beyond size.
 Summary:  per dataset and model family, the verdict (does error follow size or alignment?) and its stability, the
           share of simulated reruns on resampled seeds reaching it; a verdict below 80% is reported as not stable.
-Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2} with c = 2 at m_c = 1, 2 only (at
-          m_c = 4 it gives c = 0.5's m_H = 1). Measured twice (2026-12-03, 2 cores; both runs the same): random16 standard "neither survives;
-          aligned_fraction is the same in every trial" (86% of 200 seed resamples), random16 EE "both survive"
-          (84%) and digits16 EE "both survive" (92%) are stable; digits16 standard is not (45%: its partial
-          correlations' intervals span 0 on both sides), and the summary says so.
+Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2} with c = 2 at m_c = 1, 2 only
+          (at m_c = 4 it gives c = 0.5's m_H = 1). Measured three times (2026-12-03/04, 2 cores; all three the
+          same): random16 standard "neither survives; aligned_fraction is the same in every trial" (86% of 200 seed
+          resamples), random16 EE "both survive" (84%) and digits16 EE "both survive" (92%) are stable; digits16
+          standard is not (45%: its partial correlations' intervals span 0 on both sides), and the summary says so.
           Tried and not adopted (2 cores): 12 seeds with half the diagnostic samples and evaluations (216 trials,
           31 min: stable on random16 standard only); 12 seeds with diagnostics every 4 epochs (216 trials, 38.6
           min: none stable, 52–66%); 12 seeds at 16 epochs (216 trials, 51 min: at 16 epochs one random16 trial

@@ -4,17 +4,17 @@ A study file defines ``build(profile) -> Study`` and ends with ``raise SystemExi
 validation import no Ray; :mod:`eeray.raytune` is imported only once the whole study has been validated.
 
 Exit status: 0 every trial completed (or was stopped early by the study's own scheduler); 2 bad input or a
-refusal (nothing ran); 3 the study ran to its end but some trials failed; 130 interrupted (Ctrl-C), with the
-command that continues it printed; 1 the driver itself failed (a traceback).
+refusal (nothing ran); 3 the study ran to its end but some trials failed; 130 interrupted (Ctrl-C, SIGTERM or
+SIGHUP), with the command that continues it printed; 1 the driver itself failed (a traceback).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from eeray.config import ConfigError
 from eeray.study import PROFILES, Study, validate_study
@@ -43,8 +43,9 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
                    help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
     p.add_argument("--storage", help="Tune storage for checkpoints on a cluster (s3://..., NFS path); default "
                    "<results-dir>/<study>/_tune")
-    p.add_argument("--address", help="join a running Ray cluster: 'auto' (the one `ray start` left on this "
-                   "machine) or host:port; default: start a local Ray for this study only")
+    p.add_argument("--address", help="the Ray that runs the study: host:port of a cluster's GCS, 'auto' (the "
+                   "cluster `ray start` left on this machine) or 'local' (a Ray of its own); default: $RAY_ADDRESS "
+                   "when set (`ray job submit` sets it), else local")
     p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
     p.add_argument("--present-datasets-only", action="store_true", help="run only the study's datasets whose "
                    "files are present, and say which were skipped (default: an absent dataset is an error)")
@@ -71,6 +72,51 @@ def _data_options(args: argparse.Namespace) -> None:
         os.environ[PRESENT_ONLY_ENV] = "1"
 
 
+@dataclass(frozen=True)
+class RayChoice:
+    """Which Ray runs the study, and why: said at the start of the run and in its summary."""
+
+    address: str  # "local", "auto" or host:port
+    source: str  # "--address", "RAY_ADDRESS" or "default"
+
+    @property
+    def local(self) -> bool:
+        return self.address == "local"
+
+    @property
+    def why(self) -> str:
+        return {"--address": f"--address {self.address}",
+                "RAY_ADDRESS": f"RAY_ADDRESS={self.address} in the environment (as `ray job submit` sets it)",
+                "default": "no --address and no RAY_ADDRESS"}[self.source]
+
+
+def choose_ray(flag: str | None, environ: Mapping[str, str] = os.environ) -> RayChoice:
+    """An address given explicitly is joined: ``--address``, else ``RAY_ADDRESS`` (how ``ray job submit``, ``ray
+    exec`` and Ray's docs pass it to a driver). With neither, the study starts a Ray of its own, never one that a
+    ``ray start`` merely left on the machine; ``--address local`` forces that even where RAY_ADDRESS is set.
+    Checked before Ray starts: a dashboard (``http://``) or Ray Client (``ray://``) address is refused."""
+    if flag:
+        choice = RayChoice(flag.strip(), "--address")
+    elif environ.get("RAY_ADDRESS", "").strip():
+        choice = RayChoice(environ["RAY_ADDRESS"].strip(), "RAY_ADDRESS")
+    else:
+        return RayChoice("local", "default")
+    field, a = choice.source, choice.address
+    if a in ("local", "auto"):
+        return choice
+    if a.startswith(("http://", "https://")):
+        raise ConfigError(field, a, "a dashboard address is for `ray job submit --address`; a study joins a "
+                          "cluster by its GCS address: host:port (the head's `ray start --head --port`, 6379 by "
+                          "default), 'auto' on a node of the cluster, or 'local' for a Ray of its own")
+    if a.startswith("ray://"):
+        raise ConfigError(field, a, "Ray Client addresses are not supported: run the study on the head node or as "
+                          "a `ray job submit` job (which sets RAY_ADDRESS), or use --address local")
+    host, _, port = a.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(field, a, "host:port of the head's GCS (e.g. 10.0.0.5:6379), 'auto' or 'local'")
+    return choice
+
+
 def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
          extra_profiles: Sequence[str] = ()) -> int:
     """Entry point of every study file; ``extra_profiles`` adds study-specific sizes to smoke/laptop/paper."""
@@ -81,6 +127,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         return 2
     try:
         _data_options(args)
+        ray_choice = choose_ray(args.address)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +149,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
         if args.no_branching:
             study = replace(study, branching=False)
-        specs = validate_study(study, cluster=bool(args.address))
+        specs = validate_study(study, cluster=not ray_choice.local)
     except (ConfigError, FileNotFoundError, CorruptDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -114,7 +161,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         return 0
     from eeray.raytune.tuner import run_study
 
-    return run_study(study, profile, args)
+    return run_study(study, profile, args, ray_choice)
 
 
 def _recorded_profile(name: str, args) -> str | None:

@@ -272,10 +272,13 @@ def test_a_second_driver_is_refused_while_the_first_is_live_and_accepted_after_i
 
 
 # --------------------------------------------------------------------------- outcomes
-def test_ctrl_c_exits_130_closes_every_run_and_prints_eerays_resume_command(reference, tmp_path):
+# Ctrl-C; what `timeout`, Slurm, Kubernetes, `docker stop` and `ray job stop` send; a closed terminal
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_or_a_termination_signal_exits_130_closes_every_run_and_prints_eerays_resume_command(reference,
+                                                                                                    tmp_path, sig):
     proc = _popen(tmp_path, "--max-concurrent", "1")
     _wait_for(_has_chunks(tmp_path), "the first Parquet chunk")
-    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C reaches the driver
+    os.kill(proc.pid, sig)  # reaches the driver
     stdout, stderr = proc.communicate(timeout=300)
     _end_group(proc)
     assert proc.returncode == 130, (stdout[-3000:], stderr[-3000:])

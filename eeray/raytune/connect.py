@@ -1,9 +1,10 @@
-"""How a study attaches to Ray: a fresh local Ray of its own, or an explicit cluster.
+"""How a study attaches to Ray: a fresh local Ray of its own, or the cluster it was pointed at.
 
-Without an address, ``ray.init()`` would join whatever a ``ray start`` left in Ray's temp directory, or the
-cluster ``RAY_ADDRESS`` names; a study instead always starts its own Ray (``address="local"``), with every
+The CLI decides which (:func:`eeray.cli.choose_ray`): ``--address``, else ``RAY_ADDRESS`` (what ``ray job submit``
+gives a job's driver), else a local Ray. A bare ``ray.init()`` would also join whatever a ``ray start`` left in
+Ray's temp directory; a study without an address instead starts its own Ray (``address="local"``), with every
 address it advertises on 127.0.0.1 (``_node_ip_address``): its workers and agents talk over loopback only.
-Joining a running cluster is explicit (``--address auto`` or ``host:port``) and is checked before any work:
+Joining a running cluster (``auto`` or ``host:port``) is checked before any work:
 nothing listening, no token and a wrong token each end in one :class:`ClusterError` that says what to set,
 and on a cluster of more than one node the checkpoint storage must be a directory every node sees
 (:func:`check_shared_storage`). :func:`connect` returns a :class:`RayCluster` describing which Ray ran the
@@ -38,30 +39,32 @@ class RayCluster:
     nodes: tuple[str, ...]  # node IPs, head first where known
     cpus: float
     gpus: float
+    why: str = ""  # why this Ray: "--address 10.0.0.5:6379", "RAY_ADDRESS=... in the environment", ...
 
     @property
     def description(self) -> str:
         what = "a local Ray started for this study" if self.started else f"the Ray cluster at {self.address}"
         return (f"{what}: {len(self.nodes)} node(s) ({', '.join(self.nodes)}), {self.cpus:g} CPUs, "
-                f"{self.gpus:g} GPUs")
+                f"{self.gpus:g} GPUs" + (f" (chosen by {self.why})" if self.why else ""))
 
 
-def connect(address: str | None, storage: str | None = None) -> RayCluster:
-    """Start a local Ray (``address`` None or empty) or attach to ``address`` ("auto" or host:port); on a
-    multi-node cluster, refuse a ``storage`` that not every node can write."""
+def connect(address: str | None, storage: str | None = None, why: str = "") -> RayCluster:
+    """Start a local Ray (``address`` "local", None or empty) or attach to ``address`` ("auto" or host:port); on a
+    multi-node cluster, refuse a ``storage`` that not every node can write. ``why`` says how the address was
+    chosen (flag, environment or default), for the run's first line and its summary."""
     if ray.is_initialized():  # a caller (a test, a notebook) owns Ray already
-        return _describe(False)
-    if not address:
+        return _describe(False, why)
+    if not address or address == "local":
         os.environ.pop("RAY_ADDRESS", None)  # not inherited by anything this Ray starts either
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
                  configure_logging=True, logging_level="WARNING")
-        return _describe(True)
+        return _describe(True, why)
     _check_listening(address)
     try:
         ray.init(address=address, log_to_driver=True, logging_level="WARNING")
     except Exception as exc:  # Ray wraps the cause in ConnectionError/RuntimeError; say which it was
         raise ClusterError(_refusal(address, exc)) from None
-    cluster = _describe(False)
+    cluster = _describe(False, why)
     try:
         if storage and len(cluster.nodes) > 1:
             check_shared_storage(storage)
@@ -71,7 +74,7 @@ def connect(address: str | None, storage: str | None = None) -> RayCluster:
     return cluster
 
 
-def _describe(started: bool) -> RayCluster:
+def _describe(started: bool, why: str = "") -> RayCluster:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     head = [n for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
     ordered = head + [n for n in nodes if n not in head]
@@ -79,7 +82,7 @@ def _describe(started: bool) -> RayCluster:
     ctx = ray.get_runtime_context()
     address = getattr(ctx, "gcs_address", None) or ray._private.worker.global_worker.node.gcs_address
     return RayCluster(started, address, tuple(n["NodeManagerAddress"] for n in ordered),
-                      float(total.get("CPU", 0)), float(total.get("GPU", 0)))
+                      float(total.get("CPU", 0)), float(total.get("GPU", 0)), why)
 
 
 # --------------------------------------------------------------------------- attaching

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -134,7 +135,9 @@ class _Refused(Exception):
     """A refusal before any work: printed as one 'error:' line, exit status 2."""
 
 
-def run_study(study: Study, profile: str, args) -> int:
+def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
+    """One execution of ``study``; ``ray_choice`` (:class:`eeray.cli.RayChoice`) says which Ray runs it (default:
+    ``args.address`` as given, else a local Ray)."""
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema-migration chatter
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
     # Tune's ResultGrid looks for per-trial result files that eeray turns off (Parquet is the record) and warns
@@ -160,7 +163,11 @@ def run_study(study: Study, profile: str, args) -> int:
                 raise nothing
             meta, write = _execution(study, profile, args, study_dir, continuing)
             # before the execution is written: a cluster that refuses the driver or the storage leaves no trace
-            cluster = connect(args.address, _storage(study_dir, meta))
+            address = ray_choice.address if ray_choice else (args.address or "local")
+            cluster = connect(address, _storage(study_dir, meta), ray_choice.why if ray_choice else "")
+            print(f"Ray: {cluster.description}", flush=True)
+            if not cluster.started:  # a local Ray was checked against this machine before Ray started
+                _check_capacity(study, cluster)
         except (_Refused, ClusterError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
@@ -169,6 +176,20 @@ def run_study(study: Study, profile: str, args) -> int:
         return _run(study, args, results_dir, study_dir, meta, cluster)
     finally:
         lock.release()
+
+
+def _check_capacity(study: Study, cluster: RayCluster) -> None:
+    """A trial no node and no launchable node type can hold is refused here (nothing written yet); one that waits
+    for the autoscaler to launch a node is said so."""
+    from eeray.raytune import capacity
+
+    try:
+        note = capacity.check(study.resources.bundles(), cluster.address)
+    except ClusterError:
+        ray.shutdown()
+        raise
+    if note:
+        print(note, flush=True)
 
 
 def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, cluster: RayCluster) -> int:
@@ -180,6 +201,7 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
     recorder.done_before = len(_finished(results_dir, study.name))
     callback = StudyCallback(recorder)
     mirror.call("opening the study's run", lambda t: t.parent_id)  # schema + parent exist before any trial
+    _interrupt_on_termination()
     storage = _storage(study_dir, meta)
     t0 = time.perf_counter()
     outcome = "failed"
@@ -224,6 +246,18 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         _write_execution(study_dir, meta)  # what the run cost, for benchmarks/orchestration.py
     _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description, args)
     return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED}[outcome]
+
+
+def _interrupt_on_termination() -> None:
+    """SIGTERM (``ray job stop``, ``timeout``, Slurm, Kubernetes, ``docker stop``) and SIGHUP (a closed terminal)
+    stop the study as Ctrl-C does: Tune stops the trials and saves its state, the record and the MLflow runs are
+    closed, the summary names the command that continues, exit 130. Installed after ``ray.init``, whose own
+    SIGTERM handler would end the driver with ``SystemExit(15)`` in whatever it was doing."""
+    def as_ctrl_c(signum, frame):
+        signal.raise_signal(signal.SIGINT)  # Tune's handler while it runs; KeyboardInterrupt otherwise
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, as_ctrl_c)
 
 
 def _branching(study: Study, storage: str, seg: dict):

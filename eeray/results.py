@@ -61,9 +61,9 @@ SUMMARY_FIELDS = [
     ("assumption4_certified", _B), ("lemma5_full_rank", _B), ("git_commit", _S),
     ("frozen_body_graphs", _S), ("train_step_graphs", _S),
     ("memory_format", _S),
-    # where it ran (JSON lists, one entry per attempt; docs/cluster.md): the node of each attempt, the nodes of
-    # its diagnostic actors, and why each attempt before the last ended (a lost node, a lost actor, ...)
-    ("attempt_nodes", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I),
+    # where it ran (JSON lists, one entry per attempt; docs/cluster.md): the node (IP, and Ray's node id) of each
+    # attempt, the nodes of its diagnostic actors, and why each attempt before the last ended (a lost node, ...)
+    ("attempt_nodes", _S), ("attempt_node_ids", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I),
     # branching (eeray.branching): a branch's trunk and the step it left it at; null for a trial run from scratch
     ("trunk_trial_id", _S), ("branch_step", _I)]
 

@@ -50,11 +50,12 @@ class StudyRecorder:
     def on_trial_start(self, trial) -> None:
         if trial.trial_id not in self.attempts and trial.checkpoint is not None:  # begun by a driver now lost
             self.continued.add(trial.trial_id)
-            self.where[trial.trial_id] = [{"node": (trial.last_result or {}).get("node_ip"), "actors": [],
+            last = trial.last_result or {}
+            self.where[trial.trial_id] = [{"node": last.get("node_ip"), "node_id": last.get("node_id"), "actors": [],
                                            "error": "the driver was lost; continued with --resume"}]
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self.names[trial.trial_id] = self.study.trial_name(trial.config)
-        self.where.setdefault(trial.trial_id, []).append({"node": None, "actors": [], "error": None})
+        self.where.setdefault(trial.trial_id, []).append(_attempt())
 
     def on_trial_recover(self, trial) -> None:
         """An attempt failed and Tune will retry the trial (a lost node, a lost actor): keep why."""
@@ -256,9 +257,11 @@ class StudyRecorder:
 
     def _record_where(self, trial, result: dict, rows: dict) -> None:
         """The node of this attempt (Tune puts ``node_ip`` in every result) and where its diagnostic actors run."""
-        attempts = self.where.setdefault(trial.trial_id, [{"node": None, "actors": [], "error": None}])
+        attempts = self.where.setdefault(trial.trial_id, [_attempt()])
         if attempts[-1]["node"] is None and result.get("node_ip"):
             attempts[-1]["node"] = result["node_ip"]
+        if attempts[-1]["node_id"] is None and result.get("node_id"):
+            attempts[-1]["node_id"] = result["node_id"]
         for event in rows.get("events", []):
             if event.get("event") == "diag_actors":
                 attempts[-1]["actors"] += [n for n in event["nodes"] if n not in attempts[-1]["actors"]]
@@ -267,8 +270,14 @@ class StudyRecorder:
         """JSON lists, one entry per attempt this driver saw (a driver restart starts a new list)."""
         attempts = self.where.get(trial_id, [])
         return {"attempt_nodes": json.dumps([a["node"] for a in attempts]),
+                "attempt_node_ids": json.dumps([a["node_id"] for a in attempts]),
                 "diag_actor_nodes": json.dumps([a["actors"] for a in attempts]),
                 "attempt_errors": json.dumps([a["error"] for a in attempts[:-1]])}
+
+
+def _attempt() -> dict[str, Any]:
+    """Where one attempt ran (filled in by its first result) and why it ended (before the last attempt)."""
+    return {"node": None, "node_id": None, "actors": [], "error": None}
 
 
 class StudyCallback(tune.Callback):

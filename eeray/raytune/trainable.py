@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Callable, Mapping
 
 import torch
+import ray
 from ray import tune
 
 from eeray.config import to_flat
@@ -56,7 +57,10 @@ class TuneSink:
         tune.report(metrics)
 
     def _metrics(self, chunk: str) -> dict[str, Any]:
-        metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat}
+        # Tune adds node_ip to every result; on one machine (a rehearsal) several nodes share an IP: Ray's node id
+        # tells them apart
+        metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat,
+                   "node_id": ray.get_runtime_context().get_node_id()}
         self.rows = {t: [] for t in RECORD_STREAMS}
         return metrics
 

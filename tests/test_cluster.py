@@ -14,16 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
-from mlflow.tracking import MlflowClient
+from conftest import ROOT, check_mlflow, comparable, has_rows, wait_for
 
 from eeray.raytune.localcluster import LocalCluster, _namespaces
 from eeray.results import load
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 STUDY = "tests/studies/cluster_study.py"
-TIMING = ("explore_seconds", "exploit_seconds", "eval_seconds", "diag_seconds", "seconds_gram", "seconds_decision",
-          "seconds_second_test", "seconds_total", "seconds_eigh", "seconds_krylov")
 
 
 @pytest.fixture(scope="module")
@@ -57,39 +54,6 @@ def run_on(cluster, results: Path, *args: str, env=None, timeout=600) -> subproc
 def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert out.returncode == 0, f"exited {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out
-
-
-def comparable(res):
-    """Trial name -> final metrics; (trial, step, phase) -> every steps column but timings."""
-    names = res.trials.set_index("trial_id").trial_name
-    steps = res.steps.drop(columns=[c for c in TIMING if c in res.steps.columns] + ["study"])
-    steps = steps.assign(trial_id=steps.trial_id.map(names)).sort_values(["trial_id", "step", "phase"])
-    finals = res.trials.set_index("trial_name")[["status", "final_train_loss", "final_train_error",
-                                                 "final_test_error"]].sort_index()
-    return finals, steps.reset_index(drop=True)
-
-
-def check_mlflow(results: Path, study: str, trial_names) -> None:
-    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(study)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    assert sorted(c.info.run_name for c in children) == sorted(trial_names)  # no duplicate child runs
-    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def has_rows(results: Path, study: str, table: str = "steps", trials: int = 1) -> bool:
-    """At least one chunk of ``table`` from each of ``trials`` trials is on disk."""
-    d = results / study / table
-    return d.exists() and len({p.name.split("-")[0] for p in d.rglob("*.parquet")}) >= trials
 
 
 def report(label: str, **numbers) -> None:

@@ -13,14 +13,17 @@ restore the execution ("Failed to restore the run state ... JSONDecodeError"; se
 Through :func:`tune_storage` every file is written beside its destination under a hidden temporary name and
 renamed over it once complete, and an experiment state is renamed only if it parses as JSON (otherwise the copy
 is dropped and the next upload, a loop step later, brings a whole one). A kill leaves at most the hidden
-temporary file of the write it interrupted, which nothing reads. Object stores (``s3://``, ``gs://``)
-replace an object atomically already and are used as they are; the staging race is theirs too.
+temporary file of the write it interrupted, which nothing reads. Object stores replace an object atomically
+already: ``s3://`` goes to the S3 file system the environment describes (:mod:`eeray.raytune.s3`: endpoint,
+bounded timeouts), other URIs (``gs://``) to Ray's own; the staging race is theirs too, and a state it cut short
+is refused by :func:`unreadable_state` before a resume.
 
 Like eeray's Parquet writes, a replace is not fsynced: it survives a killed process, not a power cut of the
 machine that holds the storage.
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -30,6 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from eeray import faults
+from eeray.raytune import s3
 
 
 def local_path(storage: str) -> str | None:
@@ -41,25 +45,49 @@ def local_path(storage: str) -> str | None:
 
 def tune_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
     """(path, filesystem) for Tune's ``storage_path`` / ``storage_filesystem``: a local path (or ``file://``) goes
-    through :class:`AtomicLocalHandler`; any other URI is left to Ray's own file system."""
+    through :class:`AtomicLocalHandler`, ``s3://bucket/key`` is ``bucket/key`` on :func:`eeray.raytune.s3.
+    filesystem`; any other URI is left to Ray's own file system."""
     path = local_path(storage)
-    if path is None:
-        return storage, None
-    return os.path.abspath(path), pafs.PyFileSystem(AtomicLocalHandler())
+    if path is not None:
+        return os.path.abspath(path), pafs.PyFileSystem(AtomicLocalHandler())
+    if s3.is_s3(storage):
+        return s3.fs_path(storage), s3.filesystem(s3.split(storage)[0])
+    return storage, None
 
 
 def unreadable_state(experiment: str) -> str | None:
-    """Why the newest experiment state of a local Tune experiment directory cannot be restored (None: it can, or
-    there is none). The same file Tune would choose: the greatest name."""
+    """Why the newest experiment state of a Tune experiment directory (local or ``s3://``) cannot be restored
+    (None: it can, or there is none). The same file Tune would choose: the greatest name."""
     path = local_path(experiment)
-    states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json"))) if path is not None else []
+    if path is None and not s3.is_s3(experiment):
+        return None  # another object store: Tune's restore reports it
+    if path is not None:
+        states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json")))
+        read = _read_local
+    else:
+        fs, root = tune_storage(experiment)
+        states = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                        if i.type == pafs.FileType.File and i.base_name.startswith("experiment_state-")
+                        and i.base_name.endswith(".json"))
+        read = functools.partial(_read_fs, fs)
     if not states:
         return None
     try:
-        why = _json_error(states[-1])
+        why = _json_text_error(read(states[-1]))
     except OSError as exc:
         why = f"{type(exc).__name__}: {exc}"
-    return f"{states[-1]} is unreadable ({why})" if why else None
+    shown = states[-1] if path is not None else f"s3://{states[-1]}"
+    return f"{shown} is unreadable ({why})" if why else None
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_fs(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.readall()
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -174,9 +202,13 @@ class _ReplacingFile:
 
 def _json_error(path: str) -> str | None:
     """Why the file does not parse as JSON (None: it does)."""
+    return _json_text_error(_read_local(path))
+
+
+def _json_text_error(data: bytes) -> str | None:
+    """Why the bytes do not parse as JSON (None: they do)."""
     try:
-        with open(path) as f:
-            json.load(f)
-    except ValueError as exc:
+        json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError included
         return f"{type(exc).__name__}: {exc}"
     return None

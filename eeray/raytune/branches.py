@@ -3,8 +3,9 @@
 The plan is a pure function of the study and of the segment's trial names (:func:`eeray.branching.plan_trees`
 over their configs), so the driver (searcher, callback) and every trainable compute the same one and Tune's
 trial config stays exactly the study's point. Branch-point states live in ``<storage>/branch_states/`` (storage
-every node sees, like Tune's own checkpoints): ``<tree>/<step>.pt``, and ``<tree>/trunk_failed.json`` once the
-trunk has failed for good (its waiting branches then fail at once with its reason).
+every node sees, like Tune's own checkpoints: a shared directory, or objects under an ``s3://`` storage, read and
+written through pyarrow's S3 file system): ``<tree>/<step>.pt``, and ``<tree>/trunk_failed.json`` once the trunk
+has failed for good (its waiting branches then fail at once with its reason).
 """
 from __future__ import annotations
 
@@ -64,10 +65,11 @@ def states_root(storage: str) -> str:
 
 
 def check_storage(storage: str) -> str | None:
-    """Why branching cannot use this storage (None: it can): states are plain files every trial must see."""
-    if "://" in storage:
-        return (f"branch-point states are files under the Tune storage, and {storage} is not a shared file system "
-                "path; every trial runs from scratch (--no-branching says so explicitly)")
+    """Why branching cannot use this storage (None: it can): states are files or ``s3://`` objects every trial
+    must see; other object stores are untested, so their trials run from scratch."""
+    if "://" in storage and not storage.startswith(("s3://", "file://")):
+        return (f"branch-point states are kept on a shared file system path or s3://, and {storage} is neither; "
+                "every trial runs from scratch (--no-branching says so explicitly)")
     return None
 
 
@@ -99,24 +101,22 @@ class Branching:
         r = self.role(name)
         if r.kind != "branch":
             return True
-        return (os.path.exists(os.path.join(self.root, r.tree, f"{r.step:09d}.pt"))
-                or self.trunk_failure(name) is not None)
+        return self.store.has(r.tree, r.step) or self.trunk_failure(name) is not None
 
     def trunk_failure(self, name: str) -> str | None:
         r = self.role(name)
-        path = os.path.join(self.root, r.tree or "", TRUNK_FAILED)
-        if r.kind != "branch" or not os.path.exists(path):
+        if r.kind != "branch":
             return None
-        with open(path) as f:
-            return json.load(f)["reason"]
+        store = self.store
+        path = store.path(r.tree, TRUNK_FAILED)
+        if not store.exists(path):
+            return None
+        return json.loads(store.read(path))["reason"]
 
     def mark_trunk_failed(self, trunk: str, reason: str) -> None:
-        r = self.role(trunk)
-        os.makedirs(os.path.join(self.root, r.tree), exist_ok=True)
-        path = os.path.join(self.root, r.tree, TRUNK_FAILED)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"trunk": trunk, "reason": reason}, f)
-        os.replace(path + ".tmp", path)
+        store = self.store
+        store.write(store.path(self.role(trunk).tree, TRUNK_FAILED),
+                    json.dumps({"trunk": trunk, "reason": reason}).encode())
 
     def trunk_of(self, name: str) -> str | None:
         return self.role(name).trunk

@@ -65,7 +65,7 @@ def unreadable_state(experiment: str) -> str | None:
         states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json")))
         read = _read_local
     else:
-        fs, root = tune_storage(experiment)
+        root, fs = tune_storage(experiment)
         states = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
                         if i.type == pafs.FileType.File and i.base_name.startswith("experiment_state-")
                         and i.base_name.endswith(".json"))

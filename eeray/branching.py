@@ -186,13 +186,14 @@ class BranchStateStore:
     """Branch-point states, ``<root>/<tree_id>/<step>.pt``, kept by eeray itself (Tune rotates its own checkpoints
     away: ``num_to_keep``) until every branch at that step has started. ``root`` is a directory (writes are
     atomic: a temporary file renamed) or an ``s3://`` URI (objects are written whole, in one upload: an object
-    store never shows half of one). Loading runs no code: tensors, numbers and strings only."""
+    store never shows half of one). Loading runs no code: tensors, numbers and strings only. ``fs``: the S3 file
+    system to use for an ``s3://`` root (default: the one this process's environment describes)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, fs=None):
         import os
 
         self.root = root
-        self._fs, self._base = _object_store(root)
+        self._fs, self._base = _object_store(root, fs)
         if self._fs is None:
             os.makedirs(self._base, exist_ok=True)
 
@@ -261,13 +262,13 @@ class BranchStateStore:
         os.remove(path) if self._fs is None else self._fs.delete_file(path)
 
 
-def _object_store(root: str):
+def _object_store(root: str, fs=None):
     """(pyarrow file system, path on it) for an ``s3://`` root; (None, its path) for a local directory."""
     if not root.startswith("s3://"):
         return None, root.removeprefix("file://").rstrip("/") or "/"
     from eeray.raytune import s3  # pyarrow only: no Ray
 
-    return s3.filesystem(s3.split(root)[0]), s3.fs_path(root)
+    return fs or s3.filesystem(s3.split(root)[0]), s3.fs_path(root)
 
 
 class MemoryStateStore:

@@ -7,12 +7,14 @@ credentials and an unreachable endpoint are each refused before anything runs wi
 Every study runs through the real CLI (``python tests/studies/branching_study.py``) on a real local Ray.
 """
 import io
+import json
 import os
 import pickle
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import boto3
@@ -27,7 +29,8 @@ from test_branching_runner import STUDY, TREE, assert_same_tables
 
 from eeray.branching import BranchStateStore
 from eeray.raytune import s3
-from eeray.raytune.atomic_storage import unreadable_state
+from eeray.raytune.atomic_storage import tune_storage, unreadable_state
+from eeray.raytune.branches import Branching
 from eeray.results import load
 
 BUCKET = "eeray-test"
@@ -87,13 +90,55 @@ def runs(server, tmp_path_factory):
 def test_the_endpoint_comes_from_the_environment_and_travels_with_the_pickled_file_system(aws_env, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", aws_env["AWS_ENDPOINT_URL"])  # the S3-specific one wins ...
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # ... over the general one (nothing listens)
-    shipped = pickle.dumps(s3.filesystem(BUCKET))  # what Tune sends to a trial on another node
+    path, fs = tune_storage(f"s3://{BUCKET}/studies")
+    assert path == f"{BUCKET}/studies" and fs.type_name == "py::eeray-checked-s3"
+    shipped = pickle.dumps(fs)  # what Tune sends to a trial on another node
     for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # a node whose environment names no endpoint
         monkeypatch.delenv(var)
     assert pickle.loads(shipped).get_file_info(BUCKET).type == pafs.FileType.Directory
     monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:9000")
     with pytest.raises(s3.StorageError, match=r"AWS_ENDPOINT_URL='127.0.0.1:9000': expected the server's URL"):
         s3.filesystem(BUCKET)
+
+
+def test_an_experiment_state_cut_short_never_replaces_the_whole_one_in_the_bucket(aws_env, server):
+    path, fs = tune_storage(f"s3://{BUCKET}/cut")
+    state = f"{path}/experiment_state-2026-12-01_00-00-00.json"
+    whole = json.dumps({"trial_data": list(range(1000))}).encode()
+    for data in (whole, whole[:100]):  # the second: an upload that read Tune's staging file mid-rewrite
+        with fs.open_output_stream(state) as f:
+            f.write(data)
+    with fs.open_input_stream(state) as f:
+        assert f.readall() == whole
+    with fs.open_output_stream(f"{path}/searcher-state.pkl") as f:  # any other file is written as it is
+        f.write(b"not json")
+    assert server[1].get_object(Bucket=BUCKET, Key="cut/searcher-state.pkl")["Body"].read() == b"not json"
+
+
+def test_tunes_threaded_upload_of_many_files_through_it_completes(aws_env, server, tmp_path):
+    """Ray's copy_files uploads with pyarrow's I/O threads through eeray's handler: more files than threads,
+    each closed on one of them, must not wait on that pool (apache/arrow#15233)."""
+    files = {f"trial{i:02d}/checkpoint_000001/trial.pt": os.urandom(100_000 + i) for i in range(40)}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    path, fs = tune_storage(f"s3://{BUCKET}/threads")
+    copy = threading.Thread(target=pafs.copy_files, args=(str(tmp_path), path),
+                            kwargs={"destination_filesystem": fs, "use_threads": True}, daemon=True)
+    copy.start()
+    copy.join(120)
+    assert not copy.is_alive(), "copy_files hung"
+    for name, data in files.items():
+        assert server[1].get_object(Bucket=BUCKET, Key=f"threads/{name}")["Body"].read() == data, name
+
+
+def test_a_trial_on_a_node_without_the_endpoint_variable_finds_the_branch_states(aws_env, server, monkeypatch):
+    shipped = pickle.dumps(Branching({}, f"s3://{BUCKET}/nodes/branch_states/tune", "tune-nodes"))
+    for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):  # the trial's node: no endpoint in its environment
+        monkeypatch.delenv(var)
+    store = pickle.loads(shipped).store
+    store.put("tree", 12, {"w": torch.ones(2)})
+    assert store.has("tree", 12) and keys(server[1], "nodes/") == ["nodes/branch_states/tune/tree/000000012.pt"]
 
 
 def test_branch_states_are_whole_objects_and_load_only_tensors(aws_env, server):

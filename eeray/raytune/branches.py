@@ -87,11 +87,18 @@ class Branching:
 
     def __init__(self, roles: dict[str, Role], root: str, segment: str):
         self.roles, self.root, self.segment = roles, root, segment
+        # an s3:// root: the driver's S3 file system, pickled with its endpoint to every trial (a node whose
+        # environment names no endpoint still reaches the same server)
+        self.fs = None
+        if root.startswith("s3://"):
+            from eeray.raytune import s3
+
+            self.fs = s3.filesystem(s3.split(root)[0])
         _ACTIVE[segment] = self
 
     @property
     def store(self) -> BranchStateStore:
-        return BranchStateStore(self.root)
+        return BranchStateStore(self.root, self.fs)
 
     def role(self, name: str) -> Role:
         return self.roles.get(name, Role("alone"))

@@ -8,6 +8,7 @@ Every study runs through the real CLI (``python tests/studies/branching_study.py
 """
 import io
 import json
+import logging
 import os
 import pickle
 import signal
@@ -46,6 +47,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A moto S3 server on loopback with one bucket; ``env``: what a user exports to use it (no ~/.aws read)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request under pytest -s
     srv = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     srv.start()
     host, port = srv.get_host_and_port()

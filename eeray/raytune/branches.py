@@ -65,11 +65,11 @@ def states_root(storage: str) -> str:
 
 
 def check_storage(storage: str) -> str | None:
-    """Why branching cannot use this storage (None: it can): states are files or ``s3://`` objects every trial
-    must see; other object stores are untested, so their trials run from scratch."""
-    if "://" in storage and not storage.startswith(("s3://", "file://")):
-        return (f"branch-point states are kept on a shared file system path or s3://, and {storage} is neither; "
-                "every trial runs from scratch (--no-branching says so explicitly)")
+    """Why branching cannot use this storage (None: it can): states are files under a plain path or ``s3://``
+    objects, which every trial must see; other URIs are untested, so their trials run from scratch."""
+    if "://" in storage and not storage.startswith("s3://"):
+        return (f"branch-point states are kept under a plain shared file system path or s3://, and {storage} is "
+                "neither; every trial runs from scratch (--no-branching says so explicitly)")
     return None
 
 

@@ -14,8 +14,10 @@ The storage is reached with the AWS SDK's standard environment, through pyarrow'
   writes to the same server. Path-style addressing is used with an endpoint (what MinIO and Ceph expect).
 
 Timeouts are bounded: a connection attempt gives up after :data:`CONNECT_TIMEOUT_S` and a request is tried at
-most :data:`ATTEMPTS` times, so an unreachable endpoint fails a write in seconds, not after minutes of retries
-(``request_timeout`` is ignored by pyarrow on Linux; the pre-flight runs in a thread with its own deadline).
+most :data:`ATTEMPTS` times, so an unreachable endpoint fails a write in seconds, not after minutes of retries.
+``request_timeout`` is ignored by pyarrow on Linux, but the AWS SDK fails an attempt after 3 s without a byte (a
+server that accepts and never answers: refused in 26 s, tried by hand); the pre-flight also runs in a thread
+with its own deadline, :data:`PREFLIGHT_DEADLINE_S`.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ STATE = "experiment_state-2026-12-02_00-00-00.json"
 def test_a_local_path_gets_the_atomic_file_system_and_an_object_store_uri_its_own(tmp_path):
     path, fs = tune_storage(f"file://{tmp_path}")
     assert path == str(tmp_path) and fs.type_name == "py::eeray-atomic-local"
-    assert tune_storage("s3://bucket/studies") == ("s3://bucket/studies", None)
+    assert tune_storage("gs://bucket/studies") == ("gs://bucket/studies", None)  # s3://: tests/test_s3_storage.py
     rel, _ = tune_storage("relative/dir")
     assert os.path.isabs(rel)
 

@@ -13,15 +13,20 @@ restore the execution ("Failed to restore the run state ... JSONDecodeError"; se
 Through :func:`tune_storage` every file is written beside its destination under a hidden temporary name and
 renamed over it once complete, and an experiment state is renamed only if it parses as JSON (otherwise the copy
 is dropped and the next upload, a loop step later, brings a whole one). A kill leaves at most the hidden
-temporary file of the write it interrupted, which nothing reads. Object stores (``s3://``, ``gs://``)
-replace an object atomically already and are used as they are; the staging race is theirs too.
+temporary file of the write it interrupted, which nothing reads. An object store replaces an object atomically
+already, so ``s3://`` (the S3 file system the environment describes, :mod:`eeray.raytune.s3`) only needs the
+staging race closed: :class:`CheckedStateS3Handler` uploads an experiment state only if it parses. Other URIs
+(``gs://``) go to Ray's own file system, race included; a state cut short there is refused by
+:func:`unreadable_state` before a resume.
 
 Like eeray's Parquet writes, a replace is not fsynced: it survives a killed process, not a power cut of the
 machine that holds the storage.
 """
 from __future__ import annotations
 
+import functools
 import glob
+import io
 import json
 import os
 import threading
@@ -30,6 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from eeray import faults
+from eeray.raytune import s3
 
 
 def local_path(storage: str) -> str | None:
@@ -41,25 +47,49 @@ def local_path(storage: str) -> str | None:
 
 def tune_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
     """(path, filesystem) for Tune's ``storage_path`` / ``storage_filesystem``: a local path (or ``file://``) goes
-    through :class:`AtomicLocalHandler`; any other URI is left to Ray's own file system."""
+    through :class:`AtomicLocalHandler`, ``s3://bucket/key`` is ``bucket/key`` on :func:`eeray.raytune.s3.
+    filesystem`; any other URI is left to Ray's own file system."""
     path = local_path(storage)
-    if path is None:
-        return storage, None
-    return os.path.abspath(path), pafs.PyFileSystem(AtomicLocalHandler())
+    if path is not None:
+        return os.path.abspath(path), pafs.PyFileSystem(AtomicLocalHandler())
+    if s3.is_s3(storage):
+        return s3.fs_path(storage), pafs.PyFileSystem(CheckedStateS3Handler(s3.filesystem(s3.split(storage)[0])))
+    return storage, None
 
 
 def unreadable_state(experiment: str) -> str | None:
-    """Why the newest experiment state of a local Tune experiment directory cannot be restored (None: it can, or
-    there is none). The same file Tune would choose: the greatest name."""
+    """Why the newest experiment state of a Tune experiment directory (local or ``s3://``) cannot be restored
+    (None: it can, or there is none). The same file Tune would choose: the greatest name."""
     path = local_path(experiment)
-    states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json"))) if path is not None else []
+    if path is None and not s3.is_s3(experiment):
+        return None  # another object store: Tune's restore reports it
+    if path is not None:
+        states = sorted(glob.glob(os.path.join(path, "experiment_state-*.json")))
+        read = _read_local
+    else:
+        root, fs = tune_storage(experiment)
+        states = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                        if i.type == pafs.FileType.File and i.base_name.startswith("experiment_state-")
+                        and i.base_name.endswith(".json"))
+        read = functools.partial(_read_fs, fs)
     if not states:
         return None
     try:
-        why = _json_error(states[-1])
+        why = _json_text_error(read(states[-1]))
     except OSError as exc:
         why = f"{type(exc).__name__}: {exc}"
-    return f"{states[-1]} is unreadable ({why})" if why else None
+    shown = states[-1] if path is not None else f"s3://{states[-1]}"
+    return f"{shown} is unreadable ({why})" if why else None
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _read_fs(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.readall()
 
 
 class AtomicLocalHandler(pafs.FileSystemHandler):
@@ -172,11 +202,117 @@ class _ReplacingFile:
             os.unlink(self.tmp)
 
 
+class CheckedStateS3Handler(pafs.FileSystemHandler):
+    """An S3 file system whose experiment-state uploads are kept in memory and sent, whole, only if they parse
+    as JSON (one that does not is an upload that read Tune's staging file mid-rewrite: dropped, the next loop
+    step brings a whole one). Everything else goes to the S3 file system as it is. Pickles with it (its endpoint
+    included) to every trial. Through this handler Ray's ``copy_files`` uploads with threads (Ray turns them off
+    only for a plain ``S3FileSystem``, for apache/arrow#15233, a deadlock fixed in pyarrow 19):
+    tests/test_s3_storage.py checks that a threaded upload of more files than threads completes."""
+
+    def __init__(self, fs: pafs.FileSystem):
+        self._fs = fs
+
+    def __reduce__(self):
+        return CheckedStateS3Handler, (self._fs,)
+
+    def __eq__(self, other):
+        return isinstance(other, CheckedStateS3Handler) and self._fs.equals(other._fs)
+
+    def __ne__(self, other):
+        return not self == other
+
+    def get_type_name(self):
+        return "eeray-checked-s3"
+
+    def normalize_path(self, path):
+        return self._fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._fs.get_file_info(paths)
+
+    def get_file_info_selector(self, selector):
+        return self._fs.get_file_info(selector)
+
+    def create_dir(self, path, recursive):
+        self._fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path):
+        self._fs.delete_dir(path)
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self):
+        raise PermissionError("eeray's Tune storage never empties a whole S3 account")
+
+    def delete_file(self, path):
+        self._fs.delete_file(path)
+
+    def move(self, src, dest):
+        self._fs.move(src, dest)
+
+    def copy_file(self, src, dest):
+        self._fs.copy_file(src, dest)  # on the server: an object is copied whole
+
+    def open_input_stream(self, path):
+        return self._fs.open_input_stream(path)
+
+    def open_input_file(self, path):
+        return self._fs.open_input_file(path)
+
+    def open_output_stream(self, path, metadata):
+        if os.path.basename(path).startswith("experiment_state-"):
+            return pa.PythonFile(_CheckedUpload(self._fs, path), mode="w")
+        return self._fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path, metadata):
+        return self._fs.open_append_stream(path, metadata=metadata)  # S3 refuses: objects are not appended to
+
+
+class _CheckedUpload:
+    """A write-only file kept in memory and uploaded as one object when closed, if it parses as JSON."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str):
+        self.fs, self.path, self._buf = fs, path, io.BytesIO()
+
+    @property
+    def closed(self) -> bool:
+        return self._buf.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._buf.tell()
+
+    def write(self, data) -> int:
+        n = self._buf.write(data)
+        faults.reached("tune_state")  # half of Tune's experiment state is written, the old one still stands
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._buf.closed:
+            return
+        data = self._buf.getvalue()
+        self._buf.close()
+        if _json_text_error(data) is None:
+            with self.fs.open_output_stream(self.path) as f:
+                f.write(data)
+
+
 def _json_error(path: str) -> str | None:
     """Why the file does not parse as JSON (None: it does)."""
+    return _json_text_error(_read_local(path))
+
+
+def _json_text_error(data: bytes) -> str | None:
+    """Why the bytes do not parse as JSON (None: they do)."""
     try:
-        with open(path) as f:
-            json.load(f)
-    except ValueError as exc:
+        json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError included
         return f"{type(exc).__name__}: {exc}"
     return None

@@ -3,8 +3,9 @@
 The plan is a pure function of the study and of the segment's trial names (:func:`eeray.branching.plan_trees`
 over their configs), so the driver (searcher, callback) and every trainable compute the same one and Tune's
 trial config stays exactly the study's point. Branch-point states live in ``<storage>/branch_states/`` (storage
-every node sees, like Tune's own checkpoints): ``<tree>/<step>.pt``, and ``<tree>/trunk_failed.json`` once the
-trunk has failed for good (its waiting branches then fail at once with its reason).
+every node sees, like Tune's own checkpoints: a shared directory, or objects under an ``s3://`` storage, read and
+written through pyarrow's S3 file system): ``<tree>/<step>.pt``, and ``<tree>/trunk_failed.json`` once the trunk
+has failed for good (its waiting branches then fail at once with its reason).
 """
 from __future__ import annotations
 
@@ -64,10 +65,11 @@ def states_root(storage: str) -> str:
 
 
 def check_storage(storage: str) -> str | None:
-    """Why branching cannot use this storage (None: it can): states are plain files every trial must see."""
-    if "://" in storage:
-        return (f"branch-point states are files under the Tune storage, and {storage} is not a shared file system "
-                "path; every trial runs from scratch (--no-branching says so explicitly)")
+    """Why branching cannot use this storage (None: it can): states are files under a plain path or ``s3://``
+    objects, which every trial must see; other URIs are untested, so their trials run from scratch."""
+    if "://" in storage and not storage.startswith("s3://"):
+        return (f"branch-point states are kept under a plain shared file system path or s3://, and {storage} is "
+                "neither; every trial runs from scratch (--no-branching says so explicitly)")
     return None
 
 
@@ -85,11 +87,18 @@ class Branching:
 
     def __init__(self, roles: dict[str, Role], root: str, segment: str):
         self.roles, self.root, self.segment = roles, root, segment
+        # an s3:// root: the driver's S3 file system, pickled with its endpoint to every trial (a node whose
+        # environment names no endpoint still reaches the same server)
+        self.fs = None
+        if root.startswith("s3://"):
+            from eeray.raytune import s3
+
+            self.fs = s3.filesystem(s3.split(root)[0])
         _ACTIVE[segment] = self
 
     @property
     def store(self) -> BranchStateStore:
-        return BranchStateStore(self.root)
+        return BranchStateStore(self.root, self.fs)
 
     def role(self, name: str) -> Role:
         return self.roles.get(name, Role("alone"))
@@ -99,24 +108,22 @@ class Branching:
         r = self.role(name)
         if r.kind != "branch":
             return True
-        return (os.path.exists(os.path.join(self.root, r.tree, f"{r.step:09d}.pt"))
-                or self.trunk_failure(name) is not None)
+        return self.store.has(r.tree, r.step) or self.trunk_failure(name) is not None
 
     def trunk_failure(self, name: str) -> str | None:
         r = self.role(name)
-        path = os.path.join(self.root, r.tree or "", TRUNK_FAILED)
-        if r.kind != "branch" or not os.path.exists(path):
+        if r.kind != "branch":
             return None
-        with open(path) as f:
-            return json.load(f)["reason"]
+        store = self.store
+        path = store.path(r.tree, TRUNK_FAILED)
+        if not store.exists(path):
+            return None
+        return json.loads(store.read(path))["reason"]
 
     def mark_trunk_failed(self, trunk: str, reason: str) -> None:
-        r = self.role(trunk)
-        os.makedirs(os.path.join(self.root, r.tree), exist_ok=True)
-        path = os.path.join(self.root, r.tree, TRUNK_FAILED)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"trunk": trunk, "reason": reason}, f)
-        os.replace(path + ".tmp", path)
+        store = self.store
+        store.write(store.path(self.role(trunk).tree, TRUNK_FAILED),
+                    json.dumps({"trunk": trunk, "reason": reason}).encode())
 
     def trunk_of(self, name: str) -> str | None:
         return self.role(name).trunk

@@ -339,6 +339,7 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
     """The execution this run continues (checked against the study as it is now), or a new one; and whether it
     must be written (new, or extended) once Ray has accepted the driver."""
     exec_file = study_dir / EXECUTION_FILE
+    _preflight(args.storage or (json.loads(exec_file.read_text())["storage"] if continuing else None))
     current = identity.definition(study, profile)
     if args.fresh:
         _delete_study_contents(study_dir, study.name)
@@ -378,6 +379,18 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
             "fingerprint": identity.fingerprint(current), "definition": current,
             "segments": [{"name": "tune", "trials": list(current["trials"])}], "runs": []}
     return meta, True
+
+
+def _preflight(storage: str | None) -> None:
+    """An ``s3://`` storage must take an object before anything is deleted (--fresh), written or started: a
+    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing."""
+    from eeray.raytune import s3
+
+    if storage and s3.is_s3(storage):
+        try:
+            s3.check(storage)
+        except s3.StorageError as exc:
+            raise _Refused(str(exc)) from None
 
 
 def _delete_study_contents(study_dir: Path, name: str) -> None:

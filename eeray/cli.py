@@ -41,8 +41,9 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
     p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
                    help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
-    p.add_argument("--storage", help="Tune storage for checkpoints on a cluster (s3://..., NFS path); default "
-                   "<results-dir>/<study>/_tune")
+    p.add_argument("--storage", help="Tune storage for checkpoints on a cluster: a path every node mounts (NFS) "
+                   "or s3://bucket/prefix (AWS credentials and region from the environment; AWS_ENDPOINT_URL_S3 or "
+                   "AWS_ENDPOINT_URL for MinIO/Ceph; docs/cluster.md); default <results-dir>/<study>/_tune")
     p.add_argument("--address", help="the Ray that runs the study: host:port of a cluster's GCS, 'auto' (the "
                    "cluster `ray start` left on this machine) or 'local' (a Ray of its own); default: $RAY_ADDRESS "
                    "when set (`ray job submit` sets it), else local")

@@ -154,7 +154,8 @@ def _probe(directory: str, driver_file: str, node_id: str) -> str | None:
 def check_shared_storage(storage: str) -> None:
     """Refuse checkpoint storage that not every alive node can write and see: Tune (since Ray 2.7) writes and
     restores checkpoints on the trial's node, so a directory private to one node loses a retried trial.
-    URIs (``s3://``, ``gs://``, ...) are accepted as they are (every node reaches them through pyarrow)."""
+    URIs are not probed here: every node reaches them through pyarrow, and an ``s3://`` storage has been checked
+    before Ray started (:mod:`eeray.raytune.s3`: bucket, credentials, endpoint)."""
     path = local_path(storage)
     if path is None:
         return

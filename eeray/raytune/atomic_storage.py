@@ -92,25 +92,15 @@ def _read_fs(fs: pafs.FileSystem, path: str) -> bytes:
         return f.readall()
 
 
-class AtomicLocalHandler(pafs.FileSystemHandler):
-    """pyarrow's local file system, except that an output stream is a temporary file renamed over its path when
-    it is closed (discarded instead when a write failed). Pickles to a fresh handler: Tune ships the storage's
-    file system to every trial, on every node."""
+class _Delegating(pafs.FileSystemHandler):
+    """A file system that passes everything but its writes to ``fs``; subclasses decide how a file is written
+    (and how the handler pickles: Tune ships the storage's file system to every trial, on every node)."""
 
-    def __init__(self):
-        self._fs = pafs.LocalFileSystem()
-
-    def __reduce__(self):
-        return AtomicLocalHandler, ()
-
-    def __eq__(self, other):
-        return isinstance(other, AtomicLocalHandler)
+    def __init__(self, fs: pafs.FileSystem):
+        self._fs = fs
 
     def __ne__(self, other):
         return not self == other
-
-    def get_type_name(self):
-        return "eeray-atomic-local"
 
     def normalize_path(self, path):
         return self._fs.normalize_path(path)
@@ -131,24 +121,42 @@ class AtomicLocalHandler(pafs.FileSystemHandler):
         self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
 
     def delete_root_dir_contents(self):
-        raise PermissionError("eeray's Tune storage never empties the root of the file system")
+        raise PermissionError("eeray's Tune storage never empties the root of its file system")
 
     def delete_file(self, path):
         self._fs.delete_file(path)
 
     def move(self, src, dest):
-        self._fs.move(src, dest)  # a rename: atomic already
-
-    def copy_file(self, src, dest):
-        with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as sink:
-            while chunk := source.read(1 << 20):
-                sink.write(chunk)
+        self._fs.move(src, dest)  # a rename on a local or mounted file system: atomic already
 
     def open_input_stream(self, path):
         return self._fs.open_input_stream(path)
 
     def open_input_file(self, path):
         return self._fs.open_input_file(path)
+
+
+class AtomicLocalHandler(_Delegating):
+    """pyarrow's local file system, except that an output stream is a temporary file renamed over its path when
+    it is closed (discarded instead when a write failed). Pickles to a fresh handler: Tune ships the storage's
+    file system to every trial, on every node."""
+
+    def __init__(self):
+        super().__init__(pafs.LocalFileSystem())
+
+    def __reduce__(self):
+        return AtomicLocalHandler, ()
+
+    def __eq__(self, other):
+        return isinstance(other, AtomicLocalHandler)
+
+    def get_type_name(self):
+        return "eeray-atomic-local"
+
+    def copy_file(self, src, dest):
+        with self._fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
 
     def open_output_stream(self, path, metadata):
         return pa.PythonFile(_ReplacingFile(path), mode="w")
@@ -202,7 +210,7 @@ class _ReplacingFile:
             os.unlink(self.tmp)
 
 
-class CheckedStateS3Handler(pafs.FileSystemHandler):
+class CheckedStateS3Handler(_Delegating):
     """An S3 file system whose experiment-state uploads are kept in memory and sent, whole, only if they parse
     as JSON (one that does not is an upload that read Tune's staging file mid-rewrite: dropped, the next loop
     step brings a whole one). Everything else goes to the S3 file system as it is. Pickles with it (its endpoint
@@ -210,56 +218,17 @@ class CheckedStateS3Handler(pafs.FileSystemHandler):
     only for a plain ``S3FileSystem``, for apache/arrow#15233, a deadlock fixed in pyarrow 19):
     tests/test_s3_storage.py checks that a threaded upload of more files than threads completes."""
 
-    def __init__(self, fs: pafs.FileSystem):
-        self._fs = fs
-
     def __reduce__(self):
         return CheckedStateS3Handler, (self._fs,)
 
     def __eq__(self, other):
         return isinstance(other, CheckedStateS3Handler) and self._fs.equals(other._fs)
 
-    def __ne__(self, other):
-        return not self == other
-
     def get_type_name(self):
         return "eeray-checked-s3"
 
-    def normalize_path(self, path):
-        return self._fs.normalize_path(path)
-
-    def get_file_info(self, paths):
-        return self._fs.get_file_info(paths)
-
-    def get_file_info_selector(self, selector):
-        return self._fs.get_file_info(selector)
-
-    def create_dir(self, path, recursive):
-        self._fs.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path):
-        self._fs.delete_dir(path)
-
-    def delete_dir_contents(self, path, missing_dir_ok=False):
-        self._fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-    def delete_root_dir_contents(self):
-        raise PermissionError("eeray's Tune storage never empties a whole S3 account")
-
-    def delete_file(self, path):
-        self._fs.delete_file(path)
-
-    def move(self, src, dest):
-        self._fs.move(src, dest)
-
     def copy_file(self, src, dest):
         self._fs.copy_file(src, dest)  # on the server: an object is copied whole
-
-    def open_input_stream(self, path):
-        return self._fs.open_input_stream(path)
-
-    def open_input_file(self, path):
-        return self._fs.open_input_file(path)
 
     def open_output_stream(self, path, metadata):
         if os.path.basename(path).startswith("experiment_state-"):

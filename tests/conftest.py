@@ -44,6 +44,19 @@ def run_study(script: str, results_dir, *args: str, timeout: int = 600, expect: 
     return out
 
 
+def reap_killed(proc: _subprocess.Popen, timeout: int = 600) -> None:
+    """Wait for a driver that ``EERAY_KILL_AT`` makes SIGKILL itself (started with ``start_new_session``), then
+    end what it left behind (its local Ray: the processes this test started) and check that it was the kill."""
+    import signal  # noqa: PLC0415
+
+    proc.communicate(timeout=timeout)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+
+
 # --------------------------------------------------------------------------- comparing a disturbed run with a reference
 CLUSTER_TIMING = ("explore_seconds", "exploit_seconds", "eval_seconds", "diag_seconds", "seconds_gram",
                   "seconds_decision", "seconds_second_test", "seconds_total", "seconds_eigh", "seconds_krylov")

@@ -5,14 +5,13 @@ a trunk that fails before its branch points fails its branches with its reason.
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, run_study
+from conftest import ROOT, reap_killed, run_study
 from mlflow.tracking import MlflowClient
 
 from eeray.mlflow_mirror import _number, metric_points
@@ -139,12 +138,7 @@ def test_a_driver_killed_mid_tree_resumes_without_rerunning_the_trunk(runs, tmp_
     # one trial at a time: the trunk, then the Standard baseline, then a branch — killed once that branch's row
     # is written, the trunk's states for the two branches still waiting on disk
     proc = _popen(tmp_path, "--max-concurrent", "1", env={"EERAY_KILL_AT": "trial_row:3"})
-    proc.communicate(timeout=600)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # what the driver left (its local Ray): the processes this test started
-    except ProcessLookupError:
-        pass
-    assert proc.returncode == -signal.SIGKILL
+    reap_killed(proc)
     done = load(tmp_path, "branching").trials
     assert len(done) == 3 and "ee eps=0.01 tau0=0.75" in set(done.trial_name)
     trunk = done.set_index("trial_name").loc["ee eps=0.01 tau0=0.75", "trial_id"]

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import pickle
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import torch
-from conftest import ROOT, run_study
+from conftest import ROOT, reap_killed, run_study
 from moto import settings as moto_settings
 from moto.server import ThreadedMotoServer
 from test_branching_runner import STUDY, TREE, assert_same_tables
@@ -204,12 +203,7 @@ def test_a_driver_killed_mid_study_resumes_from_s3_with_every_row_once(runs, ser
     # one trial at a time: the trunk, the Standard baseline, then a branch — killed once that branch's row is
     # written, the trunk's states for the two branches still waiting in the bucket
     proc = _popen(tmp_path, "--storage", storage, "--max-concurrent", "1", env={**env, "EERAY_KILL_AT": "trial_row:3"})
-    proc.communicate(timeout=600)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # what the driver left (its local Ray): the processes this test started
-    except ProcessLookupError:
-        pass
-    assert proc.returncode == -signal.SIGKILL
+    reap_killed(proc)
     done = load(tmp_path, "branching").trials
     assert len(done) == 3 and TRUNK in set(done.trial_name)
     states = [k for k in keys(client, "killed/") if "/branch_states/tune/" in k and k.endswith(".pt")]

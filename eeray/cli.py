@@ -29,8 +29,9 @@ def default_profile() -> tuple[str, str]:
 
 
 def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
+    # allow_abbrev=False: argparse would take --fr for --fresh, which deletes results
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc, allow_abbrev=False)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
     p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
                    "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
@@ -55,6 +56,21 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
                    "share an exploration prefix (recorded: a --resume must say the same)")
     p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
     return p.parse_args(argv)
+
+
+def _run_options(args: argparse.Namespace) -> None:
+    """Options that the command line alone decides, refused before Ray starts (a bad value would otherwise reach
+    Tune, be pickled into its state and fail every later --resume the same way)."""
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError("--max-concurrent", args.max_concurrent, "at most this many trials at once: an integer "
+                          ">= 1 (leave it out for no limit beyond the cluster's resources)")
+    results = Path(args.results_dir).expanduser()
+    if results.exists() and not results.is_dir():
+        raise ConfigError("--results-dir", args.results_dir, "must be a directory (or not exist yet): it is a file")
+    existing = next((p for p in [results, *results.parents] if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("--results-dir", args.results_dir, f"must be writable: {existing} is not writable by this "
+                          "user; choose another --results-dir")
 
 
 def _data_options(args: argparse.Namespace) -> None:
@@ -127,6 +143,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
         print("error: --fresh starts over; it does not go with --resume or --extend", file=sys.stderr)
         return 2
     try:
+        _run_options(args)
         _data_options(args)
         ray_choice = choose_ray(args.address)
     except ConfigError as exc:

@@ -288,6 +288,11 @@ def cli(tmp_path_factory):
     cases["paper_one_absent_present_only"] = {"script": "studies/ee_vs_standard.py",
                                               "argv": [*paper_args, "--data-root", str(partial),
                                                        "--present-datasets-only"]}
+    for value in ("-1", "0"):  # Tune would take -1 into its pickled state; 0 would silently mean "no limit"
+        cases[f"max_concurrent_{value}"] = {"study": "Study('v', BASE)", "argv": [*base, "--max-concurrent", value]}
+    (work / "a_file").write_text("x")
+    cases["results_dir_a_file"] = {"study": "Study('v', BASE)", "argv": ["--smoke", "--results-dir",
+                                                                         str(work / "a_file")]}
     (work / "cases.json").write_text(json.dumps(cases))
     (work / "driver.py").write_text(DRIVER)
     proc = subprocess.run([sys.executable, str(work / "driver.py"), str(work / "cases.json"), str(work / "out.json")],
@@ -313,6 +318,26 @@ def assert_refused(out: dict, *fragments: str) -> str:
 def test_pre_ray_refusal(cli, case):
     assert_refused(cli[case], *PRE_RAY_CASES[case][1])
     assert not (cli["work"] / case / "results").exists()  # nothing written
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_max_concurrent_below_one_is_refused_before_ray(cli, value):
+    assert_refused(cli[f"max_concurrent_{value}"], f"'--max-concurrent' = {value}", "an integer >= 1")
+
+
+def test_a_results_dir_that_is_a_file_is_refused_before_ray(cli):
+    assert_refused(cli["results_dir_a_file"], "'--results-dir' = ", "must be a directory (or not exist yet): it is a file")
+    assert (cli["work"] / "a_file").read_text() == "x"
+
+
+def test_a_flag_is_never_taken_from_its_prefix():
+    """argparse would read --fr as --fresh, which deletes results."""
+    from eeray.cli import parse_args
+
+    with pytest.raises(SystemExit) as refused:
+        parse_args(["--fr"], None)
+    assert refused.value.code == 2
+    assert parse_args(["--fresh"], None).fresh
 
 
 @pytest.mark.parametrize("i", range(len(UNSAFE_NAMES)), ids=[repr(n) for n in UNSAFE_NAMES])

@@ -1,8 +1,8 @@
 """eeray: hyperparameter and scaling studies of the Exploration-Exploitation (EE) wrapper (Kawaguchi, Zhang &
 Deng, Neural Computation 2022) on Ray.
 
-The public names live here; importing eeray imports no Ray (Ray is imported by eeray.raytune.tuner, eeray.raytune.trainable,
-eeray.raytune.callback, eeray.raytune.searchers and eeray.raytune.diagnostics_pool only, when a study or an actor pool runs).
+The public names live here; importing eeray imports no Ray (Ray is imported by the modules under eeray.raytune only,
+when a study, an actor pool or a cluster rehearsal runs).
 """
 from eeray.config import (ConfigError, DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig,
                           TrialConfig, from_dict, from_flat, to_dict, to_flat, validate)

@@ -151,6 +151,10 @@ def _probe(directory: str, driver_file: str, node_id: str) -> str | None:
         return f"cannot write there: {exc}"
 
 
+def _alive(node_id: str) -> bool:
+    return any(n["NodeID"] == node_id and n.get("Alive") for n in ray.nodes())
+
+
 def check_shared_storage(storage: str) -> None:
     """Refuse checkpoint storage that not every alive node can write and see: Tune (since Ray 2.7) writes and
     restores checkpoints on the trial's node, so a directory private to one node loses a retried trial.
@@ -171,12 +175,25 @@ def check_shared_storage(storage: str) -> None:
     try:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         task = ray.remote(num_cpus=0, max_retries=0)(_probe)
-        refs = {n["NodeManagerAddress"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        # by node id: nodes on one machine (a rehearsal) share an IP
+        refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
             n["NodeID"], soft=False)).remote(probe, "driver", n["NodeID"]) for n in nodes}
-        errors = {ip: err for ip, err in zip(refs, ray.get(list(refs.values()), timeout=120)) if err}
+        ips = {n["NodeID"]: n["NodeManagerAddress"] for n in nodes}
+        errors, gone = {}, set()
+        for node_id, ref in refs.items():
+            try:
+                err = ray.get(ref, timeout=120)
+            except ray.exceptions.RayError:
+                # a node that left meanwhile (an autoscaler removing an idle worker, a reclaim) holds no trial
+                if _alive(node_id):
+                    raise
+                gone.add(node_id)
+                continue
+            if err:
+                errors[ips[node_id]] = err
         seen = set(os.listdir(probe))
-        errors.update({n["NodeManagerAddress"]: "wrote its file where the driver cannot see it"
-                       for n in nodes if n["NodeID"] not in seen and n["NodeManagerAddress"] not in errors})
+        errors.update({ips[i]: "wrote its file where the driver cannot see it"
+                       for i in refs if i not in seen | gone and ips[i] not in errors})
         if errors:
             detail = "; ".join(f"node {ip} {err}" for ip, err in sorted(errors.items()))
             raise ClusterError(f"--storage {storage} is not shared by every node of the cluster ({detail}). "

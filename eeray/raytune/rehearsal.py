@@ -45,7 +45,7 @@ TWIN = Path(__file__).with_name("rehearsal.yaml")
 DEFAULT_ROOT = Path("/tmp/eeray-rehearsal")
 STATE_FILE = "rehearsal.json"
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head's type
-IDLE_TIMEOUT_MINUTES = 0.25  # workers idle this long are removed (cluster.yaml: 10)
+IDLE_TIMEOUT_MINUTES = 0.5  # workers idle this long are removed (cluster.yaml: 10)
 PROVIDER = {"type": "external", "module": "eeray.raytune.fake_provider.RehearsalNodeProvider",
             "use_node_id_as_ip": True, "disable_node_updaters": True, "disable_launch_config_check": True}
 # the rehearsal's clock: the autoscaler looks every second, and a node that stopped answering is declared lost

@@ -30,8 +30,8 @@ def named(results_dir):
     res = load(results_dir, "branching")
     names = res.trials.set_index("trial_id").trial_name
     trials = res.trials.drop(columns=[c for c in res.trials.columns if c.endswith("_seconds") or c in (
-        "trial_id", "trunk_trial_id", "branch_step", "attempts", "attempt_nodes", "diag_actor_nodes", "attempt_errors",
-        "git_commit", "node", "study")]).set_index("trial_name").sort_index()
+        "trial_id", "trunk_trial_id", "branch_step", "attempts", "attempt_nodes", "attempt_node_ids",
+        "diag_actor_nodes", "attempt_errors", "git_commit", "node", "study")]).set_index("trial_name").sort_index()
     out = {"trials": trials}
     for table in ("steps", "diagnostics"):
         frame = getattr(res, table)

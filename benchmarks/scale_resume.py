@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,7 @@ def main() -> None:
     p.add_argument("--kill-at", type=int, default=1500)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args()
-    from benchmarks.scale import commit, load_average
+    from benchmarks.scale import commit, load_average, load_seconds, peak_rss_mb
     from eeray.results import load
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "EERAY_SCALE_TRIALS": str(args.trials),
@@ -47,7 +48,17 @@ def main() -> None:
         killed = subprocess.Popen(cmd, cwd=ROOT, env={**env, "EERAY_KILL_AT": f"trial_row:{args.kill_at}"},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   start_new_session=True)
+        peak = [0.0]
+
+        def watch():  # the killed driver's peak RSS (it reaches trial K)
+            while killed.poll() is None:
+                peak[0] = max(peak[0], peak_rss_mb(killed.pid) or 0.0)
+                time.sleep(0.25)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         killed_out, _ = killed.communicate()
+        watcher.join()
         try:
             os.killpg(killed.pid, signal.SIGKILL)  # the local Ray the killed driver left
         except ProcessLookupError:
@@ -76,6 +87,8 @@ def main() -> None:
             "trials_without_step_rows": int((~res.trials.trial_id.isin(res.steps.trial_id)).sum()),
             "resume_notes": [l for l in resumed.stdout.splitlines() if l.startswith("note: resume:")],
             "parquet_files": files,
+            "results_load_seconds": load_seconds(results),
+            "killed_driver_peak_rss_mb": peak[0],
         }
     ok = (found["trials"] == found["distinct_trial_names"] == args.trials and found["all_completed"]
           and not found["completed_again_after_the_kill"] and found["duplicated_step_rows"] == 0

@@ -62,3 +62,21 @@ def test_a_kill_with_tunes_state_behind_the_record_then_resume_runs_each_trial_o
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert sync.returncode == 0, sync.stderr
     assert_mlflow_mirrors_parquet(killed, study="trivial")
+    assert_tune_keeps_no_rows(killed / "trivial" / "_tune" / "tune")
+
+
+def assert_tune_keeps_no_rows(experiment):
+    """Tune keeps every checkpoint of a trial with the metrics reported beside it, in its saved state (and the
+    driver's memory): none of them may hold a chunk's rows or the flat config, which are in Parquet."""
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(max(experiment.glob("experiment_state-*.json")).read_text())
+    checked = 0
+    for _trial, run_metadata in state["trial_data"]:
+        manager = _TrainingRunMetadata.from_json_state(run_metadata).checkpoint_manager
+        for result in [*manager._checkpoint_results, manager._latest_checkpoint_result]:
+            if result is not None:
+                assert not {"rows", "config_flat"} & set(result.metrics), sorted(result.metrics)
+                checked += 1
+    assert checked >= N

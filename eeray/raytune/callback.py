@@ -128,6 +128,7 @@ class StudyRecorder:
             self._finish(trial, "stopped", {"failure_reason": "stopped early by the scheduler",
                                             **{f"final_{k}": last[k] for k in ("train_loss", "train_error",
                                                                               "test_error") if k in last}})
+        _forget_reported_rows(trial)
         if self.finished.get(trial.trial_id) in RECORDED_DONE:  # never written again: its files can be compacted
             _delete_checkpoints(trial)
             self._done_loose.append(trial.trial_id)
@@ -154,6 +155,7 @@ class StudyRecorder:
 
     def on_trial_error(self, trial) -> None:
         self._finish(trial, "failed", {"failure_reason": _error_text(trial)})
+        _forget_reported_rows(trial)
 
     def on_step_end(self, trials) -> None:
         now = time.time()
@@ -352,6 +354,21 @@ def _active_callback() -> StudyCallback:
     if _ACTIVE is None:
         raise RuntimeError("a StudyCallback is restored only inside a running eeray driver")
     return StudyCallback(_ACTIVE)
+
+
+def _forget_reported_rows(trial) -> None:
+    """Tune keeps a trial's latest checkpoint with the metrics reported beside it (older ones keep only the score
+    attribute: TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE, tuner.py), in memory and in every experiment state it
+    saves: here the chunk's rows and the flat config, which are in Parquet. Once the trial has ended they go, so
+    the driver's memory and Tune's state do not grow by a chunk of rows per trial."""
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = getattr(manager, "_latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None)
+    if isinstance(metrics, dict) and ("rows" in metrics or "config_flat" in metrics):
+        metrics.pop("rows", None)
+        metrics.pop("config_flat", None)
+        trial.run_metadata.invalidate_cache()
+        trial.invalidate_json_state()
 
 
 def _delete_checkpoints(trial) -> None:

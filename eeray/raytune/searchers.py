@@ -150,14 +150,19 @@ class PointsSearch(_PicklingSearcher):
     def reconcile(self, trials: Sequence[StoredTrial], recorded: Set[str] = frozenset()) -> str | None:
         # a point whose trial ended after Tune's last save is in the record only: it must not run again
         stored = {self._point_of(t.config) for t in trials}
-        suggested = [i in stored or (bool(self._names) and self._names[i] in recorded) for i in range(len(self._points))]
+        ended = {i for i in range(len(self._points)) if self._names and self._names[i] in recorded} - stored
+        suggested = [i in stored or i in ended for i in range(len(self._points))]
         if suggested == self._suggested:
             return None
-        again = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if was and not now]
-        known = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if now and not was]
+        changed = [(i, now) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if was != now]
+        again = [self._label(i) for i, now in changed if not now]
+        known = [self._label(i) for i, now in changed if now and i in stored]
+        late = [self._label(i) for i, now in changed if now and i not in stored]
         self._suggested = suggested
         return "; ".join([*([f"suggested again (no stored trial): {', '.join(again)}"] if again else []),
-                          *([f"stored but not recorded as suggested: {', '.join(known)}"] if known else [])])
+                          *([f"stored but not recorded as suggested: {', '.join(known)}"] if known else []),
+                          *([f"ended after Tune's last save (in the record), not suggested again: {', '.join(late)}"]
+                            if late else [])])
 
     def _label(self, i: int) -> str:
         return self._names[i] if self._names else str(self._points[i])

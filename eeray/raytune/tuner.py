@@ -31,6 +31,10 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 # (num_to_keep=None, make_tuner), so an older state never names a checkpoint rotated away; the callback deletes a
 # trial's checkpoints once the record holds it as completed or stopped.
 TUNE_SNAPSHOT_S = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")  # Tune's "auto": >= 10 s, <= 5% of the time
+# Tune keeps each checkpoint with the metrics reported beside it, in the driver's memory and in every saved state:
+# here a chunk's rows and the flat config. Only the score attribute (eeray sets none) is kept with older ones; the
+# callback strips the latest one's rows when the trial ends (callback._forget_reported_rows)
+os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 

@@ -42,6 +42,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # no
 
 STUDY_TAG, TRIAL_TAG, EXECUTION_TAG = "eeray.study", "eeray.trial_id", "eeray.execution"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
+_TAGS = 100  # ... and 100 tags
 PHASE_RANK = {"explore": 0, "exploit": 1}  # at one step, the earlier phase's row is mirrored
 # what is worth a curve in the MLflow UI (prefixed diag_); Parquet keeps every column
 DIAG_METRICS = ("q_t", "residual", "rank", "lambda_min", "lambda_max", "delta_m_fro_sq", "delta_m_spec_sq",
@@ -167,6 +168,11 @@ class MlflowTracker:
         self._log_params(run_id, params)
         return run_id
 
+    def delete_children(self, trial_ids: set[str]) -> None:
+        """Delete the runs of trials that will run again under new ids (lost with a driver before they ended)."""
+        for trial_id in sorted(trial_ids & set(self._children)):
+            self.client.delete_run(self._children.pop(trial_id))
+
     def has_child(self, trial_id: str) -> bool:
         return trial_id in self._children
 
@@ -179,26 +185,29 @@ class MlflowTracker:
     def reopen(self, run_id: str) -> None:
         self.client.update_run(run_id, status="RUNNING")
 
-    def log_points(self, run_id: str, points: Iterable[Point]) -> int:
-        """Log the points whose (key, step) the run does not have yet; returns how many were logged."""
+    def log_points(self, run_id: str, points: Iterable[Point], tags: Mapping[str, Any] = ()) -> int:
+        """Log the points whose (key, step) the run does not have yet, and ``tags``, in as few ``log_batch`` calls
+        as MLflow's limits allow (1,000 metrics and 100 tags per call); returns how many points were logged."""
         have = self._existing(run_id)
         new = [(k, s, v) for k, s, v in points if (k, s) not in have]
         metrics = [Metric(k, v, self.time_origin_ms + s, s) for k, s, v in new]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i:i + _BATCH])
-            faults.reached("mlflow_batch")
-            have.update((m.key, m.step) for m in metrics[i:i + _BATCH])
+        tag_list = [RunTag(k, str(v)[:5000]) for k, v in dict(tags).items()]
+        for i in range(max(-(-len(metrics) // _BATCH), -(-len(tag_list) // _TAGS))):
+            batch = metrics[i * _BATCH:(i + 1) * _BATCH]
+            self.client.log_batch(run_id, metrics=batch, tags=tag_list[i * _TAGS:(i + 1) * _TAGS])
+            if batch:
+                faults.reached("mlflow_batch")
+                have.update((m.key, m.step) for m in batch)
         return len(metrics)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        if tags:
-            self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self.log_points(run_id, (), tags)
 
     def finish_trial(self, run_id: str, status: str, summary: Mapping[str, Any],
-                     artifacts: Mapping[str, Mapping[str, Any]] = ()) -> None:
-        """Final metrics (at step 0) and small JSON artifacts, then FINISHED / FAILED / KILLED."""
+                     artifacts: Mapping[str, Mapping[str, Any]] = (), tags: Mapping[str, Any] = ()) -> None:
+        """Final metrics (at step 0) and tags in one batch, small JSON artifacts, then FINISHED / FAILED / KILLED."""
         self.log_points(run_id, [(k, 0, v) for k, v in summary.items()
-                                 if k.startswith("final_") and _number(v) is not None])
+                                 if k.startswith("final_") and _number(v) is not None], tags)
         for name, content in dict(artifacts).items():
             self.client.log_dict(run_id, dict(content), name)
         faults.reached("mlflow_finish")

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from eeray.config import TrialConfig
 
 SCHEMA_VERSION = 1
+COMPACTED_PREFIX = "part-"  # a compacted file (eeray.compaction); never a trial id (Tune's are hex)
 PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
 PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
               "safety": ("dataset", "kind")}
@@ -201,6 +202,29 @@ class ResultsWriter:
         path = self.root / "trials" / f"dataset={dataset}" / f"{trial_id}.parquet"
         return self._write(path, to_table("trials", [full]))
 
+    def chunk_files(self) -> Iterable[tuple[str, Path]]:
+        """(trial id, path) of every chunk file (``<trial_id>-<chunk>.parquet``) of steps, diagnostics, safety."""
+        for table in PARQUET_TABLES[1:]:
+            for path in (self.root / table).rglob("*.parquet"):
+                if not path.name.startswith((".", "_", COMPACTED_PREFIX)):
+                    yield path.name.split("-", 1)[0], path
+
+    def loose_files(self) -> Iterable[tuple[str, Path]]:
+        """(trial id, path) of every file of one trial (chunks, and ``trials`` rows): those not compacted."""
+        yield from self.chunk_files()
+        for path in (self.root / "trials").rglob("*.parquet"):
+            if not path.name.startswith((".", "_", COMPACTED_PREFIX)):
+                yield path.stem, path
+
+    def delete_chunks_except(self, keep: set[str]) -> dict[str, int]:
+        """Delete the chunk files of every trial not in ``keep``; returns trial id -> files deleted."""
+        deleted: dict[str, int] = {}
+        for trial_id, path in list(self.chunk_files()):
+            if trial_id not in keep:
+                path.unlink()
+                deleted[trial_id] = deleted.get(trial_id, 0) + 1
+        return deleted
+
     def _write(self, path: Path, table: pa.Table) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -220,16 +244,63 @@ class Results:
     safety: "Any"
 
 
-def load_table(results_dir: str | os.PathLike, study: str, table: str):
-    """One table as a pandas DataFrame (empty, with the schema's columns, when nothing was written)."""
+def _dataset(results_dir: str | os.PathLike, study: str, table: str) -> "pads.Dataset | None":
+    """The table's files as one Arrow dataset (None when nothing was written). Every visible file is read: a
+    corrupt one is an error naming it, never a silently smaller table."""
+    from eeray.compaction import covered
+
     path = Path(results_dir) / study / table
     sch = schema(table)
-    if not path.exists() or not any(path.rglob("*.parquet")):
-        return sch.empty_table().to_pandas()
+    if not path.exists():
+        return None
+    files = []
+    for directory in [path, *(d for d in path.rglob("*") if d.is_dir())]:
+        if any(p.startswith((".", "_")) for p in directory.relative_to(path).parts):
+            continue
+        names = {f.name for f in directory.glob("*.parquet") if not f.name.startswith((".", "_"))}
+        if any(n.startswith(COMPACTED_PREFIX) for n in names):  # a row is read from one file only (compaction)
+            names -= covered(directory)
+        files += [str(directory / n) for n in sorted(names)]
+    if not files:
+        return None
     parts = pads.partitioning(pa.schema([sch.field(k) for k in PARTITIONS[table]]), flavor="hive")
-    ds = pads.dataset(str(path), schema=sch, format="parquet", partitioning=parts,
-                      exclude_invalid_files=True, ignore_prefixes=[".", "_"])
-    df = ds.to_table().to_pandas()
+    return pads.dataset(files, schema=sch, format="parquet", partitioning=parts, partition_base_dir=str(path))
+
+
+def _read(ds: "pads.Dataset", table: str, columns=None, filter=None) -> pa.Table:
+    try:
+        return ds.to_table(columns=None if columns is None else list(columns), filter=filter)
+    except (pa.ArrowInvalid, OSError) as exc:
+        bad = []
+        for f in ds.files:
+            try:
+                pq.read_metadata(f)
+            except (pa.ArrowInvalid, OSError):
+                bad.append(f)
+        raise ValueError(f"the '{table}' table has unreadable Parquet file(s) {bad or '(see below)'}: {exc}. The "
+                         "record is not complete without them; restore them from a copy, or delete them and "
+                         "rerun the trials they belong to") from exc
+
+
+def load_table(results_dir: str | os.PathLike, study: str, table: str, columns: Iterable[str] | None = None):
+    """One table as a pandas DataFrame (empty, with the schema's columns, when nothing was written);
+    ``columns``: only these."""
+    sch = schema(table)
+    ds = _dataset(results_dir, study, table)
+    if ds is None:
+        df = sch.empty_table().to_pandas()
+        return df if columns is None else df[list(columns)]
+    df = _read(ds, table, columns).to_pandas()
+    order = [c for c in ROW_ORDER[table] if c in df.columns]
+    return df.sort_values(order, kind="stable").reset_index(drop=True) if order else df
+
+
+def load_trial_rows(results_dir: str | os.PathLike, study: str, table: str, trial_id: str):
+    """The rows of one trial in one table (a branch's trunk prefix), sorted like :func:`load_table`."""
+    ds = _dataset(results_dir, study, table)
+    if ds is None:
+        return schema(table).empty_table().to_pandas()
+    df = _read(ds, table, filter=pads.field("trial_id") == trial_id).to_pandas()
     return df.sort_values(list(ROW_ORDER[table]), kind="stable").reset_index(drop=True)
 
 

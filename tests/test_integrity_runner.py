@@ -221,13 +221,16 @@ def test_mlflow_server_killed_mid_study_then_sync_completes_the_mirror(reference
 
 # --------------------------------------------------------------------------- kills at named instants
 # one execution killed six times, at six different instants, each followed by --resume; tune_state:40 falls
-# mid-study (a smoke run uploads its experiment state about a hundred times)
+# mid-study when Tune saves its experiment state at every step of its loop (TUNE_GLOBAL_CHECKPOINT_S=0: about a
+# hundred uploads in a smoke run; eeray's default saves every >= 10 s, which this short study never reaches before
+# its final save; tests/test_scale_resume.py kills a study whose Tune state lags the record)
 KILL_PLAN = ("tune_state:40", "parquet_chunk:3", "mlflow_batch:5", "trial_row:1", "mlflow_finish:1", "study_end:1")
 
 
 def test_kills_at_six_instants_each_followed_by_resume_and_sync(reference, tmp_path):
     for i, point in enumerate(KILL_PLAN):
-        proc = _popen(tmp_path, *(["--resume"] if i else []), env={"EERAY_KILL_AT": point})
+        every_step = {"TUNE_GLOBAL_CHECKPOINT_S": "0"} if point.startswith("tune_state") else {}
+        proc = _popen(tmp_path, *(["--resume"] if i else []), env={"EERAY_KILL_AT": point, **every_step})
         stdout, stderr = proc.communicate(timeout=600)
         _end_group(proc)
         assert proc.returncode == -signal.SIGKILL, \

@@ -12,7 +12,7 @@ import ray.cloudpickle as cloudpickle
 from ray import tune
 
 from eeray.raytune.atomic_storage import tune_storage
-from eeray.raytune.search_state import StoredTrial, drop_staged_state, reconcile
+from eeray.raytune.search_state import StoredTrial, apply_record, drop_staged_state, reconcile
 from eeray.raytune.searchers import GridOptunaSearch, PointsSearch
 
 pytestmark = pytest.mark.ray
@@ -141,3 +141,35 @@ def test_a_resume_on_a_cluster_that_outlived_the_last_driver_restores_nothing_th
     assert dropped and all(p.startswith(session) for p in dropped), dropped
     assert {p.rsplit("/", 1)[1].split("-")[0] for p in dropped} == {"experiment_state", "searcher", "search_gen_state"}
     assert drop_staged_state(storage, fs) == []
+
+
+def test_a_trial_the_record_holds_as_completed_is_terminated_in_an_older_experiment_state(finished, tmp_path):
+    """Tune saves its state every few seconds, eeray's record at every event: a trial that completed after the
+    last save is RUNNING in the state a kill leaves, and must not run again on --resume."""
+    path = tmp_path / "stale"
+    shutil.copytree(finished, path)
+    state_file, _, _ = files(path)
+    state = json.loads(state_file.read_text())
+    second = json.loads(state["trial_data"][1][0])
+    second["status"] = "RUNNING"
+    state["trial_data"][1][0] = json.dumps(second)
+    state_file.write_text(json.dumps(state))
+    storage, fs = tune_storage(str(path / "exp"))
+    repairs, ids = apply_record(storage, fs, {second["trial_id"]: "completed"})
+    assert ids == {json.loads(t[0])["trial_id"] for t in state["trial_data"]}
+    assert repairs and "1 trial(s) ended after Tune's last save" in repairs[0]
+    assert [json.loads(t[0])["status"] for t in json.loads(files(path)[0].read_text())["trial_data"]] == \
+        ["TERMINATED", "TERMINATED"]
+    assert apply_record(storage, fs, {second["trial_id"]: "completed"})[0] == []  # agrees now: left as it is
+    # a failed trial is left to Tune: an errored one runs again on --resume, as before
+    state_file.write_text(json.dumps(state))
+    assert apply_record(storage, fs, {second["trial_id"]: "failed"})[0] == []
+
+
+def test_a_point_whose_trial_ended_after_the_last_save_is_not_suggested_again():
+    search = PointsSearch(POINTS, None, ["one", "two"])
+    assert search.suggest("t1") == POINTS[0] and search.suggest("t2") == POINTS[1]
+    stored = [StoredTrial("t1", json.loads(json.dumps(POINTS[0])), done=True)]  # the state saved before t2
+    assert search.reconcile(stored, {"one", "two"}) is None  # t2 is in the record: still suggested
+    assert "suggested again (no stored trial): two" in search.reconcile(stored, {"one"})
+    assert search.suggest("t3") == POINTS[1] and search.suggest("t4") == PointsSearch.FINISHED

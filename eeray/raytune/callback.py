@@ -6,6 +6,10 @@ pickles as a reference to "the recorder of the driver that is running now" and d
 
 What the ``trials`` table records about a trial's config comes from the trial itself (the trainable reports
 the flat config it built and trained with), never from the driver's study object.
+
+The driver's working state lives in memory: which trials ended (and how), trial names and ids, a trunk's points
+for its branches' MLflow runs. It is read from the record once when the driver starts (:meth:`StudyRecorder.
+load_record`) and updated by Tune's events, so no event costs a read of the study's Parquet files.
 """
 from __future__ import annotations
 
@@ -16,8 +20,10 @@ from typing import Any
 
 from ray import tune
 
-from eeray import faults
+from eeray import compaction, faults
+from eeray.compaction import COMPACT_EVERY
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, metric_points
+from eeray.raytune.search_state import RECORDED_DONE
 from eeray.results import ResultsWriter
 
 PROGRESS_EVERY_S = 30.0
@@ -42,9 +48,26 @@ class StudyRecorder:
         self.branching: list = []  # each segment's eeray.raytune.branches.Branching (None: from scratch)
         self.trials_seen: list = []  # every Tune trial of the running experiment (a branch's trunk is among them)
         self._prefixed: set[str] = set()  # branches whose MLflow run got its trunk's prefix in this run
+        self.ended: dict[str, str] = {}  # trial id -> status of every trial with a trials row (all drivers)
+        self.ended_names: set[str] = set()  # their names
+        self.ids_by_name: dict[str, str] = {}  # trial name -> Tune trial id (recorded, or started by this driver)
+        self._trunk_points: dict[str, list] = {}  # trunk trial id -> its MLflow points (for its branches' runs)
+        self._loose: dict[str, set[Path]] = {}  # trial id -> its files not yet compacted
+        self._done_loose: list[str] = []  # trials recorded as done whose files are not compacted yet
         self.t0 = time.time()
         self._last_progress = 0.0
         self._progress_every = progress_every_s
+
+    def load_record(self) -> None:
+        """The trials that ended before this driver started, read once from the record (``--resume``)."""
+        from eeray.results import load_table
+
+        trials = load_table(self.results_dir, self.study.name, "trials", columns=("trial_id", "trial_name", "status"))
+        for trial_id, name, status in zip(trials.trial_id, trials.trial_name, trials.status):
+            self.ended[trial_id] = status
+            self.ended_names.add(name)
+            self.ids_by_name[name] = trial_id
+        self.done_before = len(self.ended)
 
     # ----------------------------------------------------------------------- Tune hooks
     def on_trial_start(self, trial) -> None:
@@ -55,6 +78,11 @@ class StudyRecorder:
                                            "error": "the driver was lost; continued with --resume"}]
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1
         self.names[trial.trial_id] = self.study.trial_name(trial.config)
+        self.ids_by_name.setdefault(self.names[trial.trial_id], trial.trial_id)
+        _, role = self._role(self.names[trial.trial_id])
+        if role is not None and role.kind == "trunk" and trial.checkpoint is None \
+                and self.attempts[trial.trial_id] == 1:  # every row of it passes through this driver
+            self._trunk_points.setdefault(trial.trial_id, [])
         self.where.setdefault(trial.trial_id, []).append(_attempt())
 
     def on_trial_recover(self, trial) -> None:
@@ -75,7 +103,8 @@ class StudyRecorder:
         t0 = time.perf_counter()
         for table in ("steps", "diagnostics", "safety"):
             if rows.get(table):
-                self.writer.write_chunk(table, trial.trial_id, chunk, rows[table], dataset)
+                self._loose.setdefault(trial.trial_id, set()).update(
+                    self.writer.write_chunk(table, trial.trial_id, chunk, rows[table], dataset))
         t1 = time.perf_counter()
         faults.reached("parquet_chunk")
         tags = {}
@@ -83,8 +112,9 @@ class StudyRecorder:
             if event.get("event") == "phase_switch":
                 tags = {"eeray.phase_switch_step": event["step"], "eeray.perturb_norm": f"{event['perturb_norm']:.6g}"}
         points = metric_points(rows.get("steps", []), rows.get("diagnostics", []))
-        self.mirror.call("logging metrics", lambda t: (t.log_points(self._child(t, trial), points),
-                                                       t.set_tags(self._child(t, trial), tags)))
+        if trial.trial_id in self._trunk_points:
+            self._trunk_points[trial.trial_id].extend(points)
+        self.mirror.call("logging metrics", lambda t: t.log_points(self._child(t, trial), points, tags))
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
         if rows.get("summary"):
@@ -99,9 +129,34 @@ class StudyRecorder:
             self._finish(trial, "stopped", {"failure_reason": "stopped early by the scheduler",
                                             **{f"final_{k}": last[k] for k in ("train_loss", "train_error",
                                                                               "test_error") if k in last}})
+        _forget_reported_rows(trial)
+        if self.finished.get(trial.trial_id) in RECORDED_DONE:  # never written again: its files can be compacted
+            _delete_checkpoints(trial)
+            self._done_loose.append(trial.trial_id)
+            if len(self._done_loose) >= COMPACT_EVERY:
+                self.compact()
+
+    def compact(self) -> None:
+        """Compact the files of the trials recorded as done since the last compaction (:mod:`eeray.compaction`)."""
+        t0 = time.perf_counter()
+        compaction.compact(f for t in self._done_loose for f in self._loose.pop(t, ()))
+        self._done_loose = []
+        self.write_seconds["parquet"] += time.perf_counter() - t0
+
+    def catch_up_files(self, ended: dict[str, str]) -> None:
+        """Resume: delete the files compacted by a driver killed before it deleted them, and compact the files of
+        the trials the record holds as done that an earlier driver left uncompacted."""
+        compaction.drop_covered(self.writer.root)
+        for trial_id, path in self.writer.loose_files():
+            if ended.get(trial_id) in RECORDED_DONE:
+                self._loose.setdefault(trial_id, set()).add(path)
+                if trial_id not in self._done_loose:
+                    self._done_loose.append(trial_id)
+        self.compact()
 
     def on_trial_error(self, trial) -> None:
         self._finish(trial, "failed", {"failure_reason": _error_text(trial)})
+        _forget_reported_rows(trial)
 
     def on_step_end(self, trials) -> None:
         now = time.time()
@@ -133,18 +188,16 @@ class StudyRecorder:
         return None, None
 
     def _trunk_id(self, trunk_name: str) -> str:
-        """The Tune trial id of a trunk: among this experiment's trials, else in Parquet (an earlier driver's)."""
+        """The Tune trial id of a trunk: one this driver started or the record holds, else among this experiment's
+        trials (restored, not started again yet)."""
+        if trunk_name in self.ids_by_name:
+            return self.ids_by_name[trunk_name]
         for t in self.trials_seen:
             if self.study.trial_name(t.config) == trunk_name:
+                self.ids_by_name[trunk_name] = t.trial_id
                 return t.trial_id
-        from eeray.results import load_table
-
-        trials = load_table(self.results_dir, self.study.name, "trials")
-        ids = list(trials.trial_id[trials.trial_name == trunk_name]) if len(trials) else []
-        if not ids:
-            raise RuntimeError(f"the trunk '{trunk_name}' is neither among this execution's Tune trials nor in "
-                               "Parquet; its branch cannot name it")
-        return ids[0]
+        raise RuntimeError(f"the trunk '{trunk_name}' is neither among this execution's Tune trials nor in "
+                           "Parquet; its branch cannot name it")
 
     def _branch_fields(self, name: str, status: str, summary: dict[str, Any]) -> dict[str, Any]:
         """``trunk_trial_id`` / ``branch_step`` of a branch that started from its trunk's state (a branch failed
@@ -166,16 +219,14 @@ class StudyRecorder:
         _, role = self._role(name)
         if role is None or role.kind != "branch" or trial.trial_id in self._prefixed:
             return
-        from eeray.mlflow_mirror import metric_points as points_of
-        from eeray.results import load_table
-
         trunk = self._trunk_id(role.trunk)
-        rows = {}
-        for table in ("steps", "diagnostics"):
-            frame = load_table(self.results_dir, self.study.name, table)
-            rows[table] = frame[(frame.trial_id == trunk) & (frame.step < role.step)].to_dict("records") \
-                if len(frame) else []
-        tracker.log_points(run_id, points_of(rows["steps"], rows["diagnostics"]))
+        if trunk not in self._trunk_points:  # the trunk ran under an earlier driver: its rows, read once
+            from eeray.results import load_trial_rows
+
+            self._trunk_points[trunk] = metric_points(
+                *(load_trial_rows(self.results_dir, self.study.name, t, trunk).to_dict("records")
+                  for t in ("steps", "diagnostics")))
+        tracker.log_points(run_id, [p for p in self._trunk_points[trunk] if p[1] < role.step])
         self._prefixed.add(trial.trial_id)
 
     def _after_end(self, trial, status: str, summary: dict[str, Any]) -> None:
@@ -187,11 +238,7 @@ class StudyRecorder:
             return
         if role.kind == "trunk" and status == "failed":
             b.mark_trunk_failed(name, str(summary.get("failure_reason")).splitlines()[0])
-        from eeray.results import load_table
-
-        trials = load_table(self.results_dir, self.study.name, "trials")
-        ended = set(trials.trial_name) if len(trials) else set()
-        b.discard_done(role.tree, ended | {self.names.get(t) for t in self.finished})
+        b.discard_done(role.tree, self.ended_names)
 
     # ----------------------------------------------------------------------- helpers
     def _name(self, trial) -> str:
@@ -234,18 +281,19 @@ class StudyRecorder:
                                      summary),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()
-        self.writer.write_trial(trial.trial_id, row, cfg["data.name"])
+        self._loose.setdefault(trial.trial_id, set()).add(self.writer.write_trial(trial.trial_id, row, cfg["data.name"]))
         t1 = time.perf_counter()
         faults.reached("trial_row")
         self.finished[trial.trial_id] = status
+        self.ended[trial.trial_id] = status
+        self.ended_names.add(row["trial_name"])
         self._after_end(trial, status, summary)
 
         def mirror(t):
             run_id = self._child(t, trial)
-            if status == "failed":
-                t.set_tags(run_id, {"eeray.failure_reason": str(summary.get("failure_reason"))})
             t.finish_trial(run_id, STATUS_TO_MLFLOW[status], summary,
-                           {"config.json": cfg, "summary.json": _jsonable(summary)})
+                           {"config.json": cfg, "summary.json": _jsonable(summary)},
+                           {"eeray.failure_reason": str(summary.get("failure_reason"))} if status == "failed" else {})
 
         self.mirror.call("closing a trial's run", mirror)
         self.write_seconds["mlflow"] += time.perf_counter() - t1
@@ -315,6 +363,40 @@ def _active_callback() -> StudyCallback:
     if _ACTIVE is None:
         raise RuntimeError("a StudyCallback is restored only inside a running eeray driver")
     return StudyCallback(_ACTIVE)
+
+
+def _forget_reported_rows(trial) -> None:
+    """Tune keeps a trial's latest checkpoint with the metrics reported beside it (older ones keep only the score
+    attribute: TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE, tuner.py), in memory and in every experiment state it
+    saves: here the chunk's rows and the flat config, which are in Parquet. Once the trial has ended they go, so
+    the driver's memory and Tune's state do not grow by a chunk of rows per trial."""
+    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
+    latest = getattr(manager, "_latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None)
+    if isinstance(metrics, dict) and ("rows" in metrics or "config_flat" in metrics):
+        metrics.pop("rows", None)
+        metrics.pop("config_flat", None)
+        trial.run_metadata.invalidate_cache()
+        trial.invalidate_json_state()
+
+
+def _delete_checkpoints(trial) -> None:
+    """A trial recorded as completed or stopped is never restored again (``--resume`` marks it TERMINATED even in
+    an older Tune state: search_state.apply_record), so its checkpoints go: Tune keeps every checkpoint of a trial
+    (``num_to_keep=None``, make_tuner) so that any state it saved names checkpoints that still exist."""
+    import pyarrow.fs as pafs
+
+    storage = getattr(trial, "storage", None)
+    if storage is None:
+        return
+    fs, path = storage.storage_filesystem, storage.trial_fs_path
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        for info in entries:
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+                fs.delete_dir(info.path)
+    except OSError as exc:  # storage only: the record is complete; the checkpoints cost space, not correctness
+        print(f"warning: could not delete the checkpoints of {trial.trial_id} under {path}: {exc}", flush=True)
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,15 @@ Tune restores the trials from storage but the searcher from the driver's staging
 storage's state files into it. On a cluster that outlives the driver (``--address``) a killed driver's staging
 directory is still there, holding state files it never uploaded, and the resumed driver would restore its
 searcher from those: :func:`drop_staged_state` removes them first (storage has everything Tune needs).
+
+Tune's state is saved every few seconds, not at every event (its size grows with the study, so a save per event
+would make the driver's cost per trial grow with the study); eeray's Parquet record is written at every event. A
+killed driver therefore leaves a state that lags the record by up to one save period. :func:`apply_record` brings
+the state up to the record before anything else reads it: a trial the record holds as completed or stopped is
+TERMINATED (Tune would otherwise run it again); a point whose trial ended after the save is not suggested again
+(the searchers' ``reconcile`` takes the recorded names); and the trial ids that neither the state nor the record
+knows (started after the save, not ended: their point runs again under a new id) are returned, so that their
+partial rows and MLflow run are removed before the point runs again.
 """
 from __future__ import annotations
 
@@ -33,6 +42,9 @@ from ray.tune.utils.serialization import _loads_with_cloudpickle  # the decoder 
 
 _STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
 _KEPT = {"TERMINATED"}  # every other status runs again on --resume (resume_unfinished, resume_errored)
+# a trial the record holds with one of these ended for good; "failed" is left to Tune (an errored trial runs again
+# on --resume, and one that failed after the save is continued from its checkpoint and fails the same way again)
+RECORDED_DONE = ("completed", "stopped")
 
 
 @dataclass(frozen=True)
@@ -53,10 +65,35 @@ def matches(point: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
     return all(k in config and config[k] == v for k, v in point.items())
 
 
-def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls) -> list[str]:
+def apply_record(experiment: str, fs: pafs.FileSystem | None, ended: Mapping[str, str]) -> tuple[list[str], set[str]]:
+    """Bring the newest experiment state up to eeray's record (``ended``: trial id -> recorded status of every
+    trial with a ``trials`` row). Returns (one line per repair, the ids of the trials the state holds)."""
+    if fs is None:
+        fs, experiment = pafs.FileSystem.from_uri(experiment)
+    path = _newest(fs, experiment, "experiment_state-", ".json")
+    if path is None:
+        return [], set()
+    state = json.loads(_read(fs, path))  # plain JSON: Tune's pickled fallbacks are strings inside it
+    ids, ended_late = set(), []
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        ids.add(trial["trial_id"])
+        if ended.get(trial["trial_id"]) in RECORDED_DONE and trial["status"] not in _KEPT:
+            trial["status"] = "TERMINATED"
+            entry[0] = json.dumps(trial, indent=2)
+            ended_late.append(trial["trial_id"])
+    if not ended_late:
+        return [], ids
+    _write(fs, path, json.dumps(state).encode())
+    return [f"{len(ended_late)} trial(s) ended after Tune's last save of {os.path.basename(path)}: TERMINATED there, "
+            "as in the record"], ids
+
+
+def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls, recorded: set[str] = frozenset()) -> list[str]:
     """Make the newest searcher states of the Tune experiment directory agree with its newest experiment state;
     returns one line per repair (empty: they agreed, or there is nothing to restore). ``searcher_cls`` is the
-    eeray searcher the experiment was made with; its ``reconcile(trials)`` updates its own pickled fields."""
+    eeray searcher the experiment was made with; its ``reconcile(trials, recorded)`` updates its own pickled
+    fields. ``recorded``: the names of the trials with a ``trials`` row (ended), which are never suggested again."""
     if fs is None:
         fs, experiment = pafs.FileSystem.from_uri(experiment)
     paths = [_newest(fs, experiment, *pattern.split("*")) for pattern in _STATE_FILES]
@@ -67,7 +104,7 @@ def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls) -> list
     trials = stored_trials(_read(fs, state_file))
     searcher = searcher_cls.__new__(searcher_cls)
     searcher.__dict__.update(pickle.loads(_read(fs, searcher_file)))
-    repairs = [r for r in [searcher.reconcile(trials)] if r]
+    repairs = [r for r in [searcher.reconcile(trials, recorded)] if r]
     gen = cloudpickle.loads(_read(fs, gen_file))
     if gen["counter"] != len(trials):
         repairs.append(f"Tune's trial counter was {gen['counter']}, the experiment state holds {len(trials)} trial(s)")
@@ -81,7 +118,8 @@ def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls) -> list
     gen["counter"], gen["finished"] = len(trials), False  # a finished searcher answers FINISHED again by itself
     if limiter is not None:
         limiter["live_trials"], limiter["num_unfinished_live_trials"] = live, len(live)
-    _write(fs, searcher_file, pickle.dumps(searcher.__dict__))  # as _PicklingSearcher.save writes it
+    fields = {k: v for k, v in searcher.__dict__.items() if k != "_index"}  # _point_of's look-up table
+    _write(fs, searcher_file, pickle.dumps(fields))  # as _PicklingSearcher.save writes it
     _write(fs, gen_file, cloudpickle.dumps(gen))
     return [f"{names[0]} and {names[1]} disagree: {r}" for r in repairs]
 

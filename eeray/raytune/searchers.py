@@ -7,14 +7,15 @@ together. Its state (every sub-study) is saved with the experiment, so ``--resum
 """
 from __future__ import annotations
 
+import json
 import pickle
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from typing import AbstractSet as Set, Any, Mapping, Sequence
 
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from eeray.raytune.search_state import StoredTrial, matches
+from eeray.raytune.search_state import StoredTrial, matches, plain
 
 
 class _PicklingSearcher(Searcher):
@@ -28,11 +29,22 @@ class _PicklingSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 
-    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
-        """Agree with the trials Tune stored (:mod:`eeray.raytune.search_state`); what changed, or None."""
+    def reconcile(self, trials: Sequence[StoredTrial], recorded: Set[str] = frozenset()) -> str | None:
+        """Agree with the trials Tune stored and the names eeray's record holds as ended
+        (:mod:`eeray.raytune.search_state`); what changed, or None."""
         raise NotImplementedError
 
     def _point_of(self, config: Mapping[str, Any]) -> int:
+        # a PointsSearch trial's config is its point: one dictionary look-up (a resume of thousands of trials
+        # would otherwise compare every stored config with every point)
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = {}
+            for i, p in enumerate(self._points):
+                index.setdefault(json.dumps(plain(p), sort_keys=True), []).append(i)
+        exact = index.get(json.dumps(plain(dict(config)), sort_keys=True))
+        if exact is not None and len(exact) == 1:
+            return exact[0]
         found = [i for i, p in enumerate(self._points) if matches(p, config)]
         if len(found) != 1:
             raise ValueError(f"a stored trial's config {config} is {len(found)} of the searcher's points, not one")
@@ -73,7 +85,9 @@ class GridOptunaSearch(_PicklingSearcher):
         if trial_id in self._owner:
             self._subs[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
 
-    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
+    def reconcile(self, trials: Sequence[StoredTrial], recorded: Set[str] = frozenset()) -> str | None:
+        # Tune saves a GridOptunaSearch experiment's state at every loop step (tuner.TUNE_SNAPSHOT_S), so no trial
+        # ends unsaved: ``recorded`` adds nothing the stored trials do not already say
         # every suggestion is in _owner, so a point's samples are what it has left plus what it handed out
         handed = Counter(self._owner.values())
         samples = [left + handed[i] for i, left in enumerate(self._remaining)]
@@ -133,16 +147,22 @@ class PointsSearch(_PicklingSearcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         pass
 
-    def reconcile(self, trials: Sequence[StoredTrial]) -> str | None:
+    def reconcile(self, trials: Sequence[StoredTrial], recorded: Set[str] = frozenset()) -> str | None:
+        # a point whose trial ended after Tune's last save is in the record only: it must not run again
         stored = {self._point_of(t.config) for t in trials}
-        suggested = [i in stored for i in range(len(self._points))]
+        ended = {i for i in range(len(self._points)) if self._names and self._names[i] in recorded} - stored
+        suggested = [i in stored or i in ended for i in range(len(self._points))]
         if suggested == self._suggested:
             return None
-        again = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if was and not now]
-        known = [self._label(i) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if now and not was]
+        changed = [(i, now) for i, (was, now) in enumerate(zip(self._suggested, suggested)) if was != now]
+        again = [self._label(i) for i, now in changed if not now]
+        known = [self._label(i) for i, now in changed if now and i in stored]
+        late = [self._label(i) for i, now in changed if now and i not in stored]
         self._suggested = suggested
         return "; ".join([*([f"suggested again (no stored trial): {', '.join(again)}"] if again else []),
-                          *([f"stored but not recorded as suggested: {', '.join(known)}"] if known else [])])
+                          *([f"stored but not recorded as suggested: {', '.join(known)}"] if known else []),
+                          *([f"ended after Tune's last save (in the record), not suggested again: {', '.join(late)}"]
+                            if late else [])])
 
     def _label(self, i: int) -> str:
         return self._names[i] if self._names else str(self._points[i])

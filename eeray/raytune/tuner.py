@@ -26,10 +26,16 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from us
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record: no CSV/TBX copies
 # checkpoints are bounded by design (every k epochs + the switch); the snapshot-frequency warning is not actionable
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# the experiment state is saved at every step of Tune's loop: it names each trial's latest checkpoint, and with
-# CheckpointConfig(num_to_keep) an older snapshot can name one already rotated away, which a driver killed at
-# that moment could never restore ("does not exist on storage anymore")
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+# Tune's experiment state holds every trial, so saving it costs O(trials so far): it is saved every few seconds
+# (TUNE_SNAPSHOT_S), not at every step of Tune's loop, and eeray's record (written at every event) is what a
+# resume trusts where the two disagree (search_state.apply_record). Tune keeps every checkpoint of a running trial
+# (num_to_keep=None, make_tuner), so an older state never names a checkpoint rotated away; the callback deletes a
+# trial's checkpoints once the record holds it as completed or stopped.
+TUNE_SNAPSHOT_S = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")  # Tune's "auto": >= 10 s, <= 5% of the time
+# Tune keeps each checkpoint with the metrics reported beside it, in the driver's memory and in every saved state:
+# here a chunk's rows and the flat config. Only the score attribute (eeray sets none) is kept with older ones; the
+# callback strips the latest one's rows when the trial ends (callback._forget_reported_rows)
+os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
@@ -39,7 +45,7 @@ from ray import tune  # noqa: E402
 from eeray import faults, identity  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
-from eeray.raytune.search_state import drop_staged_state, reconcile  # noqa: E402
+from eeray.raytune.search_state import apply_record, drop_staged_state, reconcile  # noqa: E402
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
@@ -110,7 +116,10 @@ def make_tuner(study: Study, points: list[dict[str, Any]], storage: str, name: s
             # orchestration.py; at 216 trials 648 of the 651 files of each copy, a snapshot per loop step)
             callbacks=[callback],
             failure_config=tune.FailureConfig(max_failures=study.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),  # > the checkpoints one loop step can add
+            # every checkpoint of a running trial stays until the trial ends (then the callback deletes them), so
+            # whichever experiment state a kill leaves names checkpoints that exist; num_to_keep would also make Tune
+            # save its whole state every num_to_keep checkpoints of any trial: O(trials so far) per trial
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             verbose=0),  # progress is eeray's own line (completed/running/pending/failed, ETA) every 30 s
     )
 
@@ -198,44 +207,49 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
     mirror = Mirror(lambda: _open_tracker(uri, study, results_dir, meta), sync)
     expected = sum(len(seg["trials"]) for seg in meta["segments"]) * study.samples_per_point
     recorder = StudyRecorder(study, str(results_dir), mirror, meta["git_commit"], meta["profile"], expected)
-    recorder.done_before = len(_finished(results_dir, study.name))
+    recorder.load_record()  # the driver's state: read once, then kept up to date by Tune's events
     callback = StudyCallback(recorder)
     mirror.call("opening the study's run", lambda t: t.parent_id)  # schema + parent exist before any trial
     _interrupt_on_termination()
     storage = _storage(study_dir, meta)
+    # search studies: Optuna learns from each result in the searcher's state, which the record cannot rebuild
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0" if study.search else TUNE_SNAPSHOT_S
     t0 = time.perf_counter()
     outcome = "failed"
     try:
         try:
+            restorable = _catch_up_with_record(study, storage, meta, recorder, results_dir, mirror)
             through = 0  # trials of the segments up to this one
             for seg in meta["segments"]:
                 through += len(seg["trials"]) * study.samples_per_point
-                path = os.path.join(storage, seg["name"])
                 branching = _branching(study, storage, seg)
                 recorder.branching.append(branching)
-                path, fs = tune_storage(path)
-                if tune.Tuner.can_restore(path, storage_filesystem=fs):
+                path, fs = tune_storage(os.path.join(storage, seg["name"]))
+                if seg["name"] in restorable:
                     drop_staged_state(path, fs)
-                    for repair in reconcile(path, fs, searcher_class(study)):
+                    for repair in reconcile(path, fs, searcher_class(study), recorder.ended_names):
                         print(f"note: resume: {repair}", flush=True)
                     tuner = tune.Tuner.restore(path, trainable_of(study, branching), resume_unfinished=True,
                                                resume_errored=True, storage_filesystem=fs)
-                else:
-                    names = set(seg["trials"])
+                else:  # never started, or killed before Tune first saved its state: what the record lacks
+                    names = set(seg["trials"]) - recorder.ended_names
                     points = [p for p in study.points() if study.trial_name(p) in names]
+                    if not points:
+                        continue
                     tuner = make_tuner(study, points, storage, seg["name"], callback, args.max_concurrent, branching)
                 tuner.fit()
-                if len(_finished(results_dir, study.name)) < through:
+                if len(recorder.ended) < through:
                     break  # interrupted (Ctrl-C): the later segments wait for --resume
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
             pass
-        finished = _finished(results_dir, study.name)
+        finished = dict(recorder.ended)
         unfinished = expected - len(finished)
         failed = sum(s == "failed" for s in finished.values())
         outcome = "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")
     finally:
         if cluster.started:
             ray.shutdown()
+        recorder.compact()  # the rest of this run's done trials: the record stays a few files per partition
         wall = time.perf_counter() - t0
         faults.reached("study_end")
         status = {"completed": "FINISHED", "trials_failed": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
@@ -281,10 +295,29 @@ def _branching(study: Study, storage: str, seg: dict):
     return branches.Branching(roles, os.path.join(branches.states_root(storage), seg["name"]), seg["name"])
 
 
-def _finished(results_dir: Path, study: str) -> dict[str, str]:
-    """trial id -> status of every trial with a row in ``trials`` (it ended: completed, failed or stopped)."""
-    trials = load(results_dir, study).trials
-    return dict(zip(trials.trial_id, trials.status))
+def _catch_up_with_record(study: Study, storage: str, meta: dict, recorder: StudyRecorder, results_dir: Path,
+                          mirror: Mirror) -> set[str]:
+    """Before a resume: Tune's saved states are brought up to eeray's record (which is written at every event,
+    Tune's state every few seconds), and the partial rows of trials that neither knows as their own — started
+    after Tune's last save and not ended, so their points run again under new trial ids — are deleted, from
+    Parquet and MLflow. Returns the segments Tune can restore."""
+    restorable, known = set(), set(recorder.ended)
+    for seg in meta["segments"]:
+        path, fs = tune_storage(os.path.join(storage, seg["name"]))
+        if not tune.Tuner.can_restore(path, storage_filesystem=fs):
+            continue
+        restorable.add(seg["name"])
+        repairs, ids = apply_record(path, fs, recorder.ended)
+        known |= ids
+        for repair in repairs:
+            print(f"note: resume: {repair}", flush=True)
+    recorder.catch_up_files(recorder.ended)  # compaction a killed driver left half done, or not yet done
+    lost = recorder.writer.delete_chunks_except(known)
+    if lost:
+        print(f"note: resume: {sum(lost.values())} chunk file(s) of {len(lost)} trial(s) that started after Tune's "
+              "last save and did not end are deleted; those trials run again from their start", flush=True)
+        mirror.call("deleting the runs of lost trials", lambda t: t.delete_children(set(lost)))
+    return restorable
 
 
 def _close_mirror(mirror: Mirror, results_dir: Path, study: str, status: str) -> None:

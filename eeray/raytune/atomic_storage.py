@@ -7,8 +7,8 @@ thread. Two things can leave a truncated ``experiment_state-*.json`` on storage,
 restore the execution ("Failed to restore the run state ... JSONDecodeError"; seen in CI):
 
 * the copy truncates the destination and then writes it, so a driver killed during it leaves half a file;
-* Tune rewrites the staging file in place (truncate, then write) at every step of its loop, also while the
-  previous upload is still reading it, so the upload itself can carry an empty or truncated copy.
+* Tune rewrites the staging file in place (truncate, then write) at every save (every >= 10 s; every loop step
+  for Optuna studies), also while the previous upload is still reading it, so the upload itself can carry an empty or truncated copy.
 
 Through :func:`tune_storage` every file is written beside its destination under a hidden temporary name and
 renamed over it once complete, and an experiment state is renamed only if it parses as JSON (otherwise the copy

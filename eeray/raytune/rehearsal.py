@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -228,6 +229,14 @@ def _signal(procs, sig) -> None:
             pass
 
 
+def _ray_command() -> str:
+    """``ray`` where the shell finds this environment's; otherwise its full path, so that the printed command
+    works pasted into a shell that has not activated the environment."""
+    here = Path(sys.executable).parent / "ray"
+    found = shutil.which("ray")
+    return "ray" if found and Path(found).resolve() == here.resolve() else str(here)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eeray.raytune.rehearsal", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__,
@@ -247,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"node types of cluster.yaml ({TWIN.name}); logs under {args.root}\n"
                   f"In the shell that submits jobs:\n"
                   f"    export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={r.token_path}\n"
-                  f"    ray job submit --address {r.dashboard} --working-dir . -- python studies/width_sweep.py "
-                  f"--smoke --results-dir {args.root / 'results'} --max-concurrent 2")
+                  f"    {_ray_command()} job submit --address {r.dashboard} --working-dir . -- python "
+                  f"studies/width_sweep.py --smoke --results-dir {args.root / 'results'} --max-concurrent 2")
             return 0
         r = Rehearsal.load(args.root)
         if args.command == "status":

@@ -41,34 +41,55 @@ def sync(results_dir: str | Path, study: str, tracking_uri: str | None = None) -
                       {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]})
         counts = {"runs": 0, "points": 0}
         ended = {r["trial_id"]: r for r in res.trials.to_dict("records")}
-        trial_ids = sorted(set(res.steps.trial_id) | set(ended))
-        for trial_id in trial_ids:
-            row = ended.get(trial_id)
-            steps = res.steps[res.steps.trial_id == trial_id].to_dict("records")
-            diag = res.diagnostics[res.diagnostics.trial_id == trial_id].to_dict("records")
-            if row is None:  # rows of a trial that never ended (interrupted): mirrored, its run KILLED
-                if not t.has_child(trial_id):
-                    continue  # no name or config known without its trials row: it reruns on --resume
-                run_id = t.children()[trial_id]
-            else:
-                cfg = {k[len(_CFG):]: v for k, v in row.items() if k.startswith(_CFG)}
-                run_id = t.child(trial_id, row["trial_name"], cfg,
-                                 {"eeray.dataset": cfg["data.name"], "mlflow.source.git.commit": row["git_commit"],
-                                  "eeray.profile": meta["profile"], "eeray.ee": str(cfg["ee.enabled"])})
+        for trial_id in sorted(set(res.steps.trial_id) | set(ended)):
+            if ended.get(trial_id) is None and not t.has_child(trial_id):
+                continue  # no name or config known without its trials row: it reruns on --resume
             counts["runs"] += 1
-            counts["points"] += t.log_points(run_id, metric_points(steps, diag))
-            if row is None:
-                if t.run_status(run_id) == "RUNNING":
-                    t.client.set_terminated(run_id, status="KILLED")
-                continue
-            summary = {k: v for k, v in row.items() if not k.startswith(_CFG)}
-            if row["status"] == "failed":
-                t.set_tags(run_id, {"eeray.failure_reason": str(row.get("failure_reason"))})
-            t.finish_trial(run_id, STATUS_TO_MLFLOW[row["status"]], summary,
-                           {"config.json": cfg, "summary.json": json.loads(json.dumps(summary, default=str))})
+            counts["points"] += mirror_trial(t, res, trial_id, ended.get(trial_id), meta["profile"])
         outcome = (meta.get("runs") or [{}])[-1].get("outcome")
         t.finish_study({"completed": "FINISHED", "trials_failed": "FINISHED"}.get(outcome, "KILLED"))
     return counts
+
+
+def mirror_trial(t: MlflowTracker, res, trial_id: str, row: dict | None, profile: str) -> int:
+    """Make ``trial_id``'s child run hold what the record holds (``res``: :func:`eeray.results.load`): every point
+    once, and, for a trial that ended (``row``: its ``trials`` row), its final metrics, artifacts and status; a
+    trial that never ended is KILLED. Idempotent. Returns the points written."""
+    steps = res.steps[res.steps.trial_id == trial_id].to_dict("records")
+    diag = res.diagnostics[res.diagnostics.trial_id == trial_id].to_dict("records")
+    if row is None:  # rows of a trial that never ended (interrupted): mirrored, its run KILLED
+        run_id = t.children()[trial_id]
+    else:
+        cfg = {k[len(_CFG):]: v for k, v in row.items() if k.startswith(_CFG)}
+        run_id = t.child(trial_id, row["trial_name"], cfg,
+                         {"eeray.dataset": cfg["data.name"], "mlflow.source.git.commit": row["git_commit"],
+                          "eeray.profile": profile, "eeray.ee": str(cfg["ee.enabled"])})
+    points = t.log_points(run_id, metric_points(steps, diag))
+    if row is None:
+        if t.run_status(run_id) == "RUNNING":
+            t.client.set_terminated(run_id, status="KILLED")
+        return points
+    summary = {k: v for k, v in row.items() if not k.startswith(_CFG)}
+    if row["status"] == "failed":
+        t.set_tags(run_id, {"eeray.failure_reason": str(row.get("failure_reason"))})
+    t.finish_trial(run_id, STATUS_TO_MLFLOW[row["status"]], summary,
+                   {"config.json": cfg, "summary.json": json.loads(json.dumps(summary, default=str))})
+    return points
+
+
+def finish_ended_runs(t: MlflowTracker, results_dir: str | Path, study: str, profile: str) -> int:
+    """Resume: complete the child runs of trials the record holds as ended but whose run a killed driver left
+    RUNNING (killed between a trial's ``trials`` row and its MLflow close; a resume never runs such a trial
+    again, so nothing else would close it). Returns how many were completed."""
+    running = [i for i, run_id in t.children().items() if t.run_status(run_id) == "RUNNING"]
+    if not running:
+        return 0
+    res = load(results_dir, study)
+    ended = {r["trial_id"]: r for r in res.trials.to_dict("records")}
+    done = [i for i in running if i in ended]
+    for trial_id in done:
+        mirror_trial(t, res, trial_id, ended[trial_id], profile)
+    return len(done)
 
 
 def main(argv=None) -> int:

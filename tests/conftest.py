@@ -44,6 +44,22 @@ def run_study(script: str, results_dir, *args: str, timeout: int = 600, expect: 
     return out
 
 
+def rows_of(results_dir, study: str, trial_id: str) -> dict:
+    """Table -> the rows ``trial_id`` itself wrote (no branch prefix), every column, timings included: equal before
+    and after a resume only if the trial did not run again, whichever files hold them (the record is compacted)."""
+    from eeray.results import load_table  # noqa: PLC0415
+
+    out = {}
+    for table in ("trials", "steps", "diagnostics"):
+        frame = load_table(results_dir, study, table)
+        out[table] = frame[frame.trial_id == trial_id].reset_index(drop=True)
+    return out
+
+
+def same_rows(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[t].equals(b[t]) for t in a)
+
+
 def reap_killed(proc: _subprocess.Popen, timeout: int = 600) -> None:
     """Wait for a driver that ``EERAY_KILL_AT`` makes SIGKILL itself (started with ``start_new_session``), then
     end what it left behind (its local Ray: the processes this test started) and check that it was the kill."""

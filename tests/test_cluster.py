@@ -177,8 +177,10 @@ def early_running_trial(results: Path, study: str):
 
 def test_a_lost_worker_node_is_retried_on_a_surviving_node_from_its_checkpoint(cluster, reference):
     results = Path(tempfile.mkdtemp(prefix="nodeloss-", dir=cluster.shared))
-    driver = cluster.run(study_cmd(cluster, results, "--smoke"), cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    # Tune's state saved at every step of its loop (eeray's default is every >= 10 s): the test finds a running
+    # trial's node in it
+    driver = cluster.run(study_cmd(cluster, results, "--smoke"), env={"TUNE_GLOBAL_CHECKPOINT_S": "0"}, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lost = None
     try:
         wait_for(lambda: early_running_trial(results, "cluster"), 300, "a trial early in its run")

@@ -43,6 +43,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from eeray import faults, identity  # noqa: E402
+from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.search_state import apply_record, drop_staged_state, reconcile  # noqa: E402
@@ -312,6 +313,8 @@ def _catch_up_with_record(study: Study, storage: str, meta: dict, recorder: Stud
         for repair in repairs:
             print(f"note: resume: {repair}", flush=True)
     recorder.catch_up_files(recorder.ended)  # compaction a killed driver left half done, or not yet done
+    mirror.call("finishing the runs of ended trials a killed driver left RUNNING",
+                lambda t: finish_ended_runs(t, results_dir, study.name, meta["profile"]))
     lost = recorder.writer.delete_chunks_except(known)
     if lost:
         print(f"note: resume: {sum(lost.values())} chunk file(s) of {len(lost)} trial(s) that started after Tune's "

@@ -58,6 +58,9 @@ def server(tmp_path_factory):
     client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=BUCKET)
+    # versioned, as S3 buckets can be: a deleted object leaves its versions, so a test can see what was written
+    # to the bucket after eeray deleted it (a completed trial's checkpoints)
+    client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     yield env, client
     srv.stop()
 
@@ -73,6 +76,12 @@ def aws_env(server, monkeypatch):
 def keys(client, prefix: str) -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def ever_written(client, prefix: str) -> set[str]:
+    """Every key written under ``prefix``, deleted ones included (their versions stay in a versioned bucket)."""
+    pages = client.get_paginator("list_object_versions").paginate(Bucket=BUCKET, Prefix=prefix)
+    return {v["Key"] for page in pages for v in page.get("Versions", [])}
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +182,16 @@ def test_the_resume_check_reads_the_experiment_state_in_the_bucket(aws_env, serv
 # --------------------------------------------------------------------------- studies through the CLI
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_study_on_s3_keeps_its_checkpoints_in_the_bucket_and_records_what_local_storage_records(runs, server):
+def test_a_study_on_s3_writes_its_checkpoints_to_the_bucket_and_records_what_local_storage_records(runs, server):
     local, remote = runs
     assert_same_tables(remote, local)
     objects = keys(server[1], "undisturbed/branching/")
+    written = ever_written(server[1], "undisturbed/branching/")
     trials = load(remote, "branching").trials
-    for tid in trials.trial_id:  # every trial's Tune checkpoints are objects (Tune names its dirs by trial id)
-        assert any(f"/tune/{tid}/checkpoint_" in k and k.endswith("/trial.pt") for k in objects), (tid, objects)
+    for tid in trials.trial_id:  # every trial's Tune checkpoints were objects (Tune names its dirs by trial id),
+        assert any(f"/tune/{tid}/checkpoint_" in k and k.endswith("/trial.pt") for k in written), (tid, written)
+        # deleted once the record held the trial as completed (eeray/raytune/callback.py)
+        assert not any(f"/tune/{tid}/checkpoint_" in k for k in objects), (tid, objects)
     assert any("/tune/experiment_state-" in k for k in objects)  # what --resume restores
     assert not (remote / "branching" / "_tune").exists()  # nothing of Tune's storage on the local disk
     assert not [k for k in objects if k.endswith(".pt") and "/branch_states/" in k]  # used, then deleted

@@ -275,8 +275,9 @@ def test_a_lost_diagnostics_actor_is_replaced_and_its_evaluation_retried(cluster
 
 def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, reference):
     results = Path(tempfile.mkdtemp(prefix="driverloss-", dir=cluster.shared))
-    driver = cluster.run(study_cmd(cluster, results, "--smoke"), cwd=ROOT, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, start_new_session=True)
+    # Tune saves its state at every step here (not every >= 10 s), so the kill below lands mid-study on any machine
+    driver = cluster.run(study_cmd(cluster, results, "--smoke"), env={"TUNE_GLOBAL_CHECKPOINT_S": "0"}, cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for(lambda: has_rows(results, "cluster"), 300, "the first Parquet chunk")
         first = min(p.stat().st_mtime for p in (results / "cluster" / "steps").rglob("*.parquet"))

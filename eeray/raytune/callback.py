@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import tune
 
-from eeray import compaction, faults
+from eeray import compaction, faults, memory
 from eeray.compaction import COMPACT_EVERY
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, metric_points
 from eeray.raytune.search_state import RECORDED_DONE
@@ -288,6 +288,8 @@ class StudyRecorder:
         self.ended[trial.trial_id] = status
         self.ended_names.add(row["trial_name"])
         self._after_end(trial, status, summary)
+        if len(self.ended) % memory.RELEASE_EVERY == 0:  # the driver's RSS stays what it holds (eeray.memory)
+            memory.release()
 
         def mirror(t):
             run_id = self._child(t, trial)

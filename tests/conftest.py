@@ -24,6 +24,7 @@ def _cuda_for_gpu_tests(request):
 
 
 # --------------------------------------------------------------------------- studies, run once per session
+import contextlib  # noqa: E402
 import subprocess as _subprocess  # noqa: E402
 import time  # noqa: E402
 import sys as _sys  # noqa: E402
@@ -32,11 +33,115 @@ from pathlib import Path as _Path  # noqa: E402
 ROOT = _Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    def __init__(self, url: str, proc: _subprocess.Popen):
+        self.url, self.proc = url, proc
+
+
+@contextlib.contextmanager
+def mlflow_server(store: str, workdir: _Path):
+    """A real ``mlflow server`` on ``store`` (artifacts and its log under ``workdir``), healthy before it is
+    yielded (an :class:`MlflowServer`: ``.url``, ``.proc``), stopped with its workers afterwards."""
+    import signal  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    port = free_port()
+    log = open(workdir / "mlflow-server.log", "w")
+    proc = _subprocess.Popen(
+        [_sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--default-artifact-root",
+         str(workdir / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=_subprocess.STDOUT, start_new_session=True)  # its own group: we stop it and its workers
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return urllib.request.urlopen(f"{url}/health", timeout=2).status == 200
+        except OSError:
+            assert proc.poll() is None, f"mlflow server exited {proc.poll()}:\n{(workdir / 'mlflow-server.log').read_text()[-3000:]}"
+            return False
+
+    try:
+        wait_for(healthy, 120, "a healthy mlflow server")
+        yield MlflowServer(url, proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except _subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        log.close()
+
+
+# --------------------------------------------------------------------------- one Ray head for the session's CLI runs
+# A study without --address starts and stops a local Ray of its own: ~8-10 s of a CLI run on 2 cores, against
+# ~1 s to join a running head. So the session starts one head (Ray's own `ray start --head`, on 127.0.0.1, in a
+# temp dir of its own so that `--address auto` and a bare ray.init() never find it) on first use, and the CLI runs
+# join it with --address: the documented cluster path, on one node. Runs that must start their own Ray say
+# own_ray=True: the local path itself (a study's first line names which Ray ran it), and runs whose trials need the
+# driver's environment (S3 credentials, EERAY_DATA_ROOT), which a head started before them cannot see. The head
+# is stopped at the session's end by its process group (never `ray stop`, which ends every Ray of the user).
+_HEAD: dict = {}
+
+
+def shared_ray_address() -> str:
+    if "address" not in _HEAD:
+        import tempfile  # noqa: PLC0415
+
+        port, temp = free_port(), tempfile.mkdtemp(prefix="eeray-test-head-")
+        log = open(os.path.join(temp, "ray-start.log"), "w")
+        cmd = [os.path.join(os.path.dirname(_sys.executable), "ray"), "start", "--head", "--block",
+               "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(os.cpu_count()),
+               "--include-dashboard=false", "--temp-dir", temp]
+        proc = _subprocess.Popen(cmd, stdout=log, stderr=_subprocess.STDOUT, start_new_session=True)
+        _HEAD.update(proc=proc, address=f"127.0.0.1:{port}", temp=temp)
+        wait_for(lambda: proc.poll() is not None or "Ray runtime started" in open(log.name).read(), 120,
+                 "the session's Ray head")
+        assert proc.poll() is None, open(log.name).read()[-3000:]
+    return _HEAD["address"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_ray_head():
+    yield
+    proc = _HEAD.get("proc")
+    if proc is not None and proc.poll() is None:
+        import signal  # noqa: PLC0415
+
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started
+        try:
+            proc.wait(timeout=15)
+        except _subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # and anything of its group left behind
+        except ProcessLookupError:
+            pass
+
+
+def study_argv(script: str, results_dir, *args: str, own_ray: bool = False) -> list[str]:
+    """The command line of ``python <script> --results-dir <dir> ...``, joining the session's Ray head unless
+    ``own_ray`` (or ``args`` name an address)."""
+    address = [] if own_ray or any(a == "--address" or a.startswith("--address=") for a in args) else \
+        ["--address", shared_ray_address()]
+    return [_sys.executable, str(ROOT / script), *address, "--results-dir", str(results_dir), *args]
+
+
 def run_study(script: str, results_dir, *args: str, timeout: int = 600, expect: int = 0,
-              env: dict | None = None) -> _subprocess.CompletedProcess:
+              env: dict | None = None, own_ray: bool = False) -> _subprocess.CompletedProcess:
     """``python <script> --results-dir <dir> ...`` as a user runs it; fails the test with its output unless it
-    exits with ``expect`` (0: every trial completed; 3: some failed; 2: refused; 130: interrupted)."""
-    cmd = [_sys.executable, str(ROOT / script), "--results-dir", str(results_dir), *args]
+    exits with ``expect`` (0: every trial completed; 3: some failed; 2: refused; 130: interrupted). It joins the
+    session's Ray head unless ``own_ray`` (:func:`study_argv`)."""
+    cmd = study_argv(script, results_dir, *args, own_ray=own_ray or expect == 2)
     out = _subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env=None if env is None else {**os.environ, **env})
     if out.returncode != expect:
@@ -139,6 +244,14 @@ import tempfile as _tempfile  # noqa: E402
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture(scope="session")
+def width_mlflow_server(width_smoke, tmp_path_factory):
+    """One real ``mlflow server`` on the width-sweep smoke's store for the session: its URL."""
+    results_dir, _ = width_smoke
+    with mlflow_server(f"sqlite:///{results_dir / 'mlflow.db'}", tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -6,12 +6,10 @@ a trunk that fails before its branch points fails its branches with its reason.
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, reap_killed, rows_of, run_study, same_rows
+from conftest import ROOT, reap_killed, rows_of, run_study, same_rows, study_argv
 from mlflow.tracking import MlflowClient
 
 from eeray.mlflow_mirror import _number, metric_points
@@ -128,7 +126,7 @@ def test_resume_with_the_other_branching_setting_is_refused(runs):
 
 
 def _popen(results_dir, *args, env=None):
-    cmd = [sys.executable, str(ROOT / STUDY), "--smoke", "--results-dir", str(results_dir), *args]
+    cmd = study_argv(STUDY, results_dir, "--smoke", *args)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
 

@@ -8,14 +8,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_study
+from conftest import ROOT, free_port, mlflow_server, run_study, study_argv, wait_for
 from mlflow.tracking import MlflowClient
 
 from eeray.mlflow_mirror import metric_points
@@ -86,25 +84,10 @@ def test_progress_counts_trials_by_state_with_an_eta_and_names_only_eerays_locat
     assert f"Parquet: {reference / 'integrity'}" in printed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _popen(results_dir, *args, env=None):
-    cmd = [sys.executable, str(ROOT / STUDY), "--smoke", "--results-dir", str(results_dir), *args]
+    cmd = study_argv(STUDY, results_dir, "--smoke", *args)
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})}, start_new_session=True)
-
-
-def _wait_for(predicate, what, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _has_chunks(results_dir):
@@ -171,7 +154,7 @@ def test_resume_after_an_edit_is_refused_with_the_difference_and_extend_runs_onl
 
 # --------------------------------------------------------------------------- MLflow is a mirror
 def test_mlflow_unreachable_from_the_start_then_sync_builds_the_mirror(reference, tmp_path):
-    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     out = run_study(STUDY, tmp_path, "--smoke", env={"MLFLOW_TRACKING_URI": uri})
     assert out.stderr.count("MLflow mirror off") == 1 and "python -m eeray.mlflow_sync" in out.stderr
     assert "MLflow:  INCOMPLETE" in out.stdout
@@ -186,32 +169,16 @@ def test_mlflow_unreachable_from_the_start_then_sync_builds_the_mirror(reference
 
 
 def test_mlflow_server_killed_mid_study_then_sync_completes_the_mirror(reference, tmp_path):
-    port, db = _free_port(), tmp_path / "server.db"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root",
-         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        import urllib.request
-
-        def healthy():
-            try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-            except OSError:
-                return False
-
-        _wait_for(healthy, "the mlflow server", timeout=120)
+    db = tmp_path / "server.db"
+    with mlflow_server(f"sqlite:///{db}", tmp_path) as server:
         results = tmp_path / "results"
-        proc = _popen(results, env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"})
-        _wait_for(_has_chunks(results), "the first Parquet chunk")
-        os.killpg(server.pid, signal.SIGKILL)  # the server dies mid-study
-        server.wait(timeout=30)
+        proc = _popen(results, env={"MLFLOW_TRACKING_URI": server.url})
+        wait_for(_has_chunks(results), 240, "the first Parquet chunk")
+        os.killpg(server.proc.pid, signal.SIGKILL)  # the server dies mid-study
+        server.proc.wait(timeout=30)
         stdout, stderr = proc.communicate(timeout=600)
         assert proc.returncode == 0, stderr[-3000:]
         assert stderr.count("MLflow mirror off") == 1
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
     assert_same_record(results, reference)
     sync = subprocess.run([sys.executable, "-m", "eeray.mlflow_sync", str(results), "--study", "integrity",
                            "--tracking-uri", f"sqlite:///{db}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -260,13 +227,13 @@ def test_a_second_driver_is_refused_while_the_first_is_live_and_accepted_after_i
     first = _popen(tmp_path)
     try:
         lock = tmp_path / "integrity" / ".eeray.lock"
-        _wait_for(lambda: lock.exists() and str(first.pid) in lock.read_text(), "the first driver's lock")
+        wait_for(lambda: lock.exists() and str(first.pid) in lock.read_text(), 240, "the first driver's lock")
         for flags in (["--resume"], ["--fresh"], []):
             out = run_study(STUDY, tmp_path, "--smoke", *flags, expect=2)
             assert "is live" in out.stderr and f"pid {first.pid}" in out.stderr, out.stderr
             assert "--fresh" not in out.stderr  # never suggested while a run is live
         assert (tmp_path / "integrity" / "execution.json").is_file()  # --fresh deleted nothing
-        _wait_for(_has_chunks(tmp_path), "the first Parquet chunk")
+        wait_for(_has_chunks(tmp_path), 240, "the first Parquet chunk")
     finally:
         _end_group(first)  # SIGKILL: the lock is released by the kernel
     out = run_study(STUDY, tmp_path, "--smoke", "--resume")
@@ -280,7 +247,7 @@ def test_a_second_driver_is_refused_while_the_first_is_live_and_accepted_after_i
 def test_ctrl_c_or_a_termination_signal_exits_130_closes_every_run_and_prints_eerays_resume_command(reference,
                                                                                                     tmp_path, sig):
     proc = _popen(tmp_path, "--max-concurrent", "1")
-    _wait_for(_has_chunks(tmp_path), "the first Parquet chunk")
+    wait_for(_has_chunks(tmp_path), 240, "the first Parquet chunk")
     os.kill(proc.pid, sig)  # reaches the driver
     stdout, stderr = proc.communicate(timeout=300)
     _end_group(proc)

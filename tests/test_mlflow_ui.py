@@ -3,34 +3,24 @@ Chromium. MLflow 3.17's React UI shows the study's parent run with its child run
 experiment's runs table (nested rows are only used in the default date order), all runs as flat rows when sorted by
 name, the child runs listed on the parent run's page, and the parent linked from every child's page; the experiment
 in the classic model-training view, and a trial's metric charts drawn (plotted lines, not loading placeholders)."""
-import contextlib
 import fcntl
 import json
 import os
 import select
 import shutil
 import re
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from urllib.parse import quote
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import mlflow_server
 from eeray.mlflow_mirror import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowTracker, classic_view_url, metric_points
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHILD_RUNS_SHOWN = 10  # the parent run page lists this many child runs, then a "Load more" button
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_links(dom: str, experiment_id: str) -> dict[str, str]:
@@ -39,41 +29,8 @@ def _run_links(dom: str, experiment_id: str) -> dict[str, str]:
     return {run_id: name.strip() for run_id, name in re.findall(pattern, dom)}
 
 
-@contextlib.contextmanager
-def _mlflow_server(store: str, tmp_path):
-    """The base URL of a real ``mlflow server`` on ``store``, stopped (with its workers) afterwards."""
-    port = _free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store, "--default-artifact-root",
-         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # its own group: we stop it and its workers
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server not healthy (exit {server.poll()}):\n"
-                            f"{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
-
-
 @pytest.fixture
-def mlflow_ui(width_smoke, tmp_path):
+def mlflow_ui(width_smoke, width_mlflow_server):
     """(base URL, experiment id, parent run, {child id: name}) with a server running on the smoke store."""
     results_dir, _ = width_smoke
     store = f"sqlite:///{results_dir / 'mlflow.db'}"
@@ -85,8 +42,7 @@ def mlflow_ui(width_smoke, tmp_path):
     children = {r.info.run_id: r.info.run_name for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert len(children) == 12
-    with _mlflow_server(store, tmp_path) as base:
-        yield base, exp.experiment_id, parents[0], children
+    return width_mlflow_server, exp.experiment_id, parents[0], children
 
 
 def _open(chromium, url: str, ready) -> str:
@@ -236,8 +192,8 @@ def mirror_ui(tmp_path_factory):
     steps = {k: len(tracker.client.get_metric_history(children[0], k))
              for k in tracker.client.get_run(children[0]).data.metrics}
     assert steps == {"train_error": 6, "train_loss": 6, "final_train_error": 1}
-    with _mlflow_server(store, tmp_path) as base:
-        yield base, tracker.experiment_id, parent, children[0], steps
+    with mlflow_server(store, tmp_path) as server:
+        yield server.url, tracker.experiment_id, parent, children[0], steps
 
 
 def _cards(dom: str) -> dict[str, str]:

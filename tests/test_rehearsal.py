@@ -122,7 +122,7 @@ def attempt_ids(trials) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The cluster study, undisturbed, on a local Ray: what every disturbed run must equal."""
+    """The cluster study, undisturbed, on the test session's Ray head: what every disturbed run must equal."""
     results = tmp_path_factory.mktemp("rehearsal-reference")
     run_study(STUDY, results, "--smoke")
     return comparable(load(results, "cluster"))

@@ -90,7 +90,7 @@ def runs(server, tmp_path_factory):
     env, _ = server
     local, remote = tmp_path_factory.mktemp("local"), tmp_path_factory.mktemp("s3")
     for results, args in ((local, ()), (remote, ("--storage", f"s3://{BUCKET}/undisturbed"))):
-        out = run_study(STUDY, results, "--smoke", *args, env=env)
+        out = run_study(STUDY, results, "--smoke", *args, env=env, own_ray=True)  # trials need the S3 env
         assert "5 trials (5 completed, 0 failed)" in out.stdout
         assert "branching: 1 trunk(s) explore once for 3 branch(es)" in out.stdout, out.stdout
     return local, remote
@@ -222,7 +222,8 @@ def test_a_driver_killed_mid_study_resumes_from_s3_with_every_row_once(runs, ser
     assert states, "the branch-point states the waiting branches need, in the bucket"
     trunk = done.set_index("trial_name").loc[TRUNK, "trial_id"]
     trunk_rows = rows_of(tmp_path, "branching", trunk)
-    out = run_study(STUDY, tmp_path, "--smoke", "--storage", storage, "--max-concurrent", "1", "--resume", env=env)
+    out = run_study(STUDY, tmp_path, "--smoke", "--storage", storage, "--max-concurrent", "1", "--resume", env=env,
+                    own_ray=True)
     assert "5 trials (5 completed, 0 failed)" in out.stdout
     assert same_rows(rows_of(tmp_path, "branching", trunk), trunk_rows)  # the trunk was not run again
     res = load(tmp_path, "branching")

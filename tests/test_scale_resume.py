@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_study
+from conftest import ROOT, run_study, study_argv
 from test_integrity_runner import assert_mlflow_mirrors_parquet
 
 from eeray.results import load
@@ -34,7 +34,7 @@ def test_a_kill_with_tunes_state_behind_the_record_then_resume_runs_each_trial_o
     run_study(STUDY, reference, "--smoke", env=ENV)
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / STUDY), "--smoke", "--results-dir", str(killed)]
+    cmd = study_argv(STUDY, killed, "--smoke")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **ENV, "EERAY_KILL_AT": "trial_row:12",
                                  "TUNE_GLOBAL_CHECKPOINT_S": "3600"}, start_new_session=True)

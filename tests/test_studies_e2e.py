@@ -1,17 +1,15 @@
-"""Studies end to end on a real local Ray: Parquet, MLflow (client and a real server's REST API), the other
-studies' smoke runs, a failing trial, and kill-and-resume with exactly-once rows."""
+"""Studies end to end through the real CLI on a real Ray (the test session's head): Parquet, MLflow (client and a real
+server's REST API), the other studies' smoke runs, a failing trial, and kill-and-resume with exactly-once rows."""
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_study
+from conftest import ROOT, run_study, study_argv
 from mlflow.tracking import MlflowClient
 
 from eeray.results import load
@@ -76,45 +74,19 @@ def test_mlflow_parent_and_child_runs_through_the_client(width_smoke):
     assert {"config.json", "summary.json"} <= artifacts
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_mlflow_server_rest_api_lists_parent_and_children(width_mlflow_server):
+    base = width_mlflow_server
 
+    def post(path, body):
+        req = urllib.request.Request(f"{base}{path}", json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(req, timeout=10))
 
-def test_mlflow_server_rest_api_lists_parent_and_children(width_smoke):
-    results_dir, _ = width_smoke
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{results_dir / 'mlflow.db'}",
-         "--default-artifact-root", str(results_dir / "mlartifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("mlflow server did not become healthy within 90 s")
-
-        def post(path, body):
-            req = urllib.request.Request(f"{base}{path}", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-            return json.load(urllib.request.urlopen(req, timeout=10))
-
-        exp = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
-                                               f"experiment_name=width_sweep", timeout=10))["experiment"]
-        runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})
-        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs["runs"]]
-        parent = [t for t in tags if t.get("eeray.study") == "parent"]
-        assert len(parent) == 1 and sum("mlflow.parentRunId" in t for t in tags) == 12
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server we started, and its workers
-        server.wait(timeout=30)
+    exp = json.load(urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name?"
+                                           f"experiment_name=width_sweep", timeout=10))["experiment"]
+    runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs["runs"]]
+    parent = [t for t in tags if t.get("eeray.study") == "parent"]
+    assert len(parent) == 1 and sum("mlflow.parentRunId" in t for t in tags) == 12
 
 
 @pytest.mark.parametrize("study", ["sine_wave", "optimizer_sweep", "safe_exploration"])
@@ -155,7 +127,7 @@ def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tiny, tmp_path)
     ref_finals, ref_steps = _comparable(load(reference, "tiny"))
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, str(ROOT / TINY), "--results-dir", str(killed)]
+    cmd = study_argv(TINY, killed)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # its own session: the driver and the Ray it starts
     steps_dir = killed / "tiny" / "steps"

@@ -27,10 +27,18 @@ Runtime:  paper: a 200-epoch CIFAR trial ≈ 20 min on one H100 (benchmarks/trai
 Expect:   A(Standard) test error ≤ Standard within a std (Tables 3–4), and A's wall-clock ≤ Standard's (Table 5:
           ratio 0.997 on CIFAR-10), the exploitation epochs being cheaper with the backbone frozen.
 """
-import argparse
-import os
 import sys
 from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
+import argparse
+import os
 
 from eeray.config import (ConfigError, DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig,
                           TrialConfig)

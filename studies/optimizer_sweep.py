@@ -27,6 +27,16 @@ Runtime:  laptop 2.5 min on 2 cores (measured 2026-12-02: 52 trials in 132 s, 2:
 Expect:   the best learning rate per method (Standard, A with G̃ = SGD) and Table 6: L-BFGS as G̃ not worse
           than SGD at the chosen (τ0, ε).
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.cli import main
 from eeray.study import Resources, Study

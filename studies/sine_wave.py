@@ -16,6 +16,16 @@ Runtime:  smoke ~1 min; laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 
 Expect:   per choice, the fraction of seeds where GD gets stuck (final training error > 0) and where A(GD)
           reaches zero training error; A's success tracks the Lemma-5 rank at θ^τ (= n), not the choice itself.
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig

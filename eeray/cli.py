@@ -44,6 +44,11 @@ def help_epilog(doc: str | None) -> str | None:
 
 
 def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
+    return parser(doc, profiles).parse_args(argv)
+
+
+def parser(doc: str | None = None, profiles: Sequence[str] = PROFILES) -> argparse.ArgumentParser:
+    """The command line every study file shares (tests/test_docs.py checks that docs/reference.md lists each flag)."""
     # allow_abbrev=False: argparse would take --fr for --fresh, which deletes results
     # --help fits a screen: the study's question as the description and its Run/Smoke/Runtime/Expect block as
     # the epilog; the rest of the docstring (the design, the history) stays in the file and in docs/
@@ -65,7 +70,7 @@ def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[s
     p.add_argument("--max-concurrent", metavar="N", type=int, help="at most N trials at once")
     p.add_argument("--no-branching", action="store_true", help="run every trial from scratch (no shared τ prefix)")
     p.add_argument("--validate-only", action="store_true", help="check trials, data files and memory; run nothing")
-    return p.parse_args(argv)
+    return p
 
 
 def _run_options(args: argparse.Namespace) -> None:
@@ -92,7 +97,7 @@ def _data_options(args: argparse.Namespace) -> None:
                                                                           "EERAY_DATA_ROOT")
     if root and not os.path.isdir(os.path.expanduser(root)):
         raise ConfigError(source, root, "the data root must be an existing directory (the one holding MNIST/raw, "
-                          "cifar-10-batches-py, ...; see README 'Real datasets')")
+                          "cifar-10-batches-py, ...; see docs/reference.md, 'Real datasets')")
     if args.data_root:
         os.environ["EERAY_DATA_ROOT"] = os.path.abspath(os.path.expanduser(args.data_root))
     if args.present_datasets_only:

@@ -10,8 +10,8 @@ skipped. digits16 (scikit-learn's digits) is always there.
 Run:      python studies/safe_exploration.py --data-root /path/to/data
 Some:     python studies/safe_exploration.py --data-root /path/to/data --present-datasets-only
 Smoke:    python studies/safe_exploration.py --smoke
-Runtime:  smoke < 1 min; laptop (n ≤ 3,000 per dataset) ~5 min on 2 cores; paper (full n: up to 73,257, a
-          43 GB float64 Gram) needs a GPU with ≥ 48 GB or that much RAM: ~5 s per dataset on an H100
+Runtime:  laptop (n ≤ 3,000 per dataset) ~5 min on 2 cores; paper (full n: up to 73,257, a 43 GB float64
+          Gram) needs a GPU with ≥ 48 GB or that much RAM: ~5 s per dataset on an H100
 Expect:   rank n (certified) for every dataset, as in Table 2; `summary.csv` lists n, m_H, the first method
           (certified, failed_pivot) and the second (second_method, second_rank, agree), and the seconds.
 """

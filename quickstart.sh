@@ -57,11 +57,11 @@ fi
 export RAY_USAGE_STATS_ENABLED=0
 
 if [ "$what" = study ]; then
-  echo "+ python studies/width_sweep.py $*"
+  echo "+ .venv/bin/python studies/width_sweep.py $*"
   exec .venv/bin/python studies/width_sweep.py "$@"
 fi
 # headless Chromium (report and MLflow-UI checks), real Fashion-MNIST (a loader test reads a real subset) and
 # iproute2 (the multi-node cluster tests put each Ray node in a network namespace of its own: they need root)
 debian_packages chromium dataset-fashion-mnist iproute2
-echo "+ python -m pytest $*"
+echo "+ .venv/bin/python -m pytest $*"
 exec .venv/bin/python -m pytest "$@"

@@ -28,34 +28,49 @@ def default_profile() -> tuple[str, str]:
     return "laptop", "no GPU visible"
 
 
+HELP_FIELDS = ("Run:", "Smoke:", "Runtime:", "Expect:")
+
+
+def help_epilog(doc: str | None) -> str | None:
+    """The docstring's ``Run:``, ``Smoke:``, ``Runtime:`` and ``Expect:`` entries (each with its continuation
+    lines), and where the reference lives; None when the docstring has none of them."""
+    keep, on = [], False
+    for line in (doc or "").splitlines():
+        if line[:1].strip():  # a new field starts at column 0
+            on = line.startswith(HELP_FIELDS)
+        if on and line.strip():
+            keep.append(line)
+    return "\n".join([*keep, "", "Every flag, refusal and exit status: docs/reference.md"]) if keep else None
+
+
 def parse_args(argv: Sequence[str] | None, doc: str | None, profiles: Sequence[str] = PROFILES) -> argparse.Namespace:
+    return parser(doc, profiles).parse_args(argv)
+
+
+def parser(doc: str | None = None, profiles: Sequence[str] = PROFILES) -> argparse.ArgumentParser:
+    """The command line every study file shares (tests/test_docs.py checks that docs/reference.md lists each flag)."""
     # allow_abbrev=False: argparse would take --fr for --fresh, which deletes results
+    # --help fits a screen: the study's question as the description and its Run/Smoke/Runtime/Expect block as
+    # the epilog; the rest of the docstring (the design, the history) stays in the file and in docs/
     p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc, allow_abbrev=False)
-    p.add_argument("--smoke", action="store_true", help="tiny CPU run (<= 2 minutes on 2 cores); = --profile smoke")
-    p.add_argument("--profile", choices=list(profiles), help=f"sizes: {', '.join(profiles)} (smoke: tiny CPU; "
-                   "laptop: CPU; paper: the paper's sizes, GPUs); default: paper when a GPU is visible, else laptop")
-    p.add_argument("--resume", action="store_true", help="continue the execution in the results directory; refused "
-                   "if the study now differs from the recorded one (the difference is printed)")
-    p.add_argument("--extend", action="store_true", help="continue the execution and run the trials added to the "
-                   "study since it started (every recorded trial must be unchanged)")
-    p.add_argument("--fresh", action="store_true", help="delete this study's earlier results and start over")
-    p.add_argument("--results-dir", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
-                   help="Parquet, the embedded MLflow store and Tune scratch (default ./results)")
-    p.add_argument("--storage", help="Tune storage for checkpoints on a cluster: a path every node mounts (NFS) "
-                   "or s3://bucket/prefix (AWS credentials and region from the environment; AWS_ENDPOINT_URL_S3 or "
-                   "AWS_ENDPOINT_URL for MinIO/Ceph; docs/cluster.md); default <results-dir>/<study>/_tune")
-    p.add_argument("--address", help="the Ray that runs the study: host:port of a cluster's GCS, 'auto' (the "
-                   "cluster `ray start` left on this machine) or 'local' (a Ray of its own); default: $RAY_ADDRESS "
-                   "when set (`ray job submit` sets it), else local")
-    p.add_argument("--data-root", help="where real datasets live (sets EERAY_DATA_ROOT)")
-    p.add_argument("--present-datasets-only", action="store_true", help="run only the study's datasets whose "
-                   "files are present, and say which were skipped (default: an absent dataset is an error)")
-    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
-    p.add_argument("--no-branching", action="store_true", help="run every trial from scratch, also those that "
-                   "share an exploration prefix (recorded: a --resume must say the same)")
-    p.add_argument("--validate-only", action="store_true", help="expand and validate the study, then exit")
-    return p.parse_args(argv)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=help_epilog(doc),
+                                allow_abbrev=False)
+    # one line per flag (the reference, with every rule, is docs/reference.md)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run; = --profile smoke")
+    p.add_argument("--profile", choices=list(profiles), help="default: paper with a GPU visible, else laptop")
+    p.add_argument("--resume", action="store_true", help="continue the recorded execution (refused if changed)")
+    p.add_argument("--extend", action="store_true", help="continue it and run the trials added since")
+    p.add_argument("--fresh", action="store_true", help="delete this study's earlier results, start over")
+    p.add_argument("--results-dir", metavar="DIR", default=os.environ.get("EERAY_RESULTS_DIR", "results"),
+                   help="Parquet, MLflow store, Tune scratch (default ./results)")
+    p.add_argument("--storage", metavar="URI", help="checkpoints on a cluster: an NFS path or s3://bucket/prefix")
+    p.add_argument("--address", help="host:port, auto or local (default $RAY_ADDRESS, else local)")
+    p.add_argument("--data-root", metavar="DIR", help="where real datasets live (sets EERAY_DATA_ROOT)")
+    p.add_argument("--present-datasets-only", action="store_true", help="skip datasets whose files are absent")
+    p.add_argument("--max-concurrent", metavar="N", type=int, help="at most N trials at once")
+    p.add_argument("--no-branching", action="store_true", help="run every trial from scratch (no shared τ prefix)")
+    p.add_argument("--validate-only", action="store_true", help="check trials, data files and memory; run nothing")
+    return p
 
 
 def _run_options(args: argparse.Namespace) -> None:
@@ -82,7 +97,7 @@ def _data_options(args: argparse.Namespace) -> None:
                                                                           "EERAY_DATA_ROOT")
     if root and not os.path.isdir(os.path.expanduser(root)):
         raise ConfigError(source, root, "the data root must be an existing directory (the one holding MNIST/raw, "
-                          "cifar-10-batches-py, ...; see README 'Real datasets')")
+                          "cifar-10-batches-py, ...; see docs/reference.md, 'Real datasets')")
     if args.data_root:
         os.environ["EERAY_DATA_ROOT"] = os.path.abspath(os.path.expanduser(args.data_root))
     if args.present_datasets_only:
@@ -176,10 +191,26 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     for name, why in study.skipped_datasets.items():
         print(f"  skipped dataset {name} (--present-datasets-only): {why}", flush=True)
     if args.validate_only:
+        print(validated_line(study, specs, ray_choice), flush=True)
         return 0
     from eeray.raytune.tuner import run_study
 
     return run_study(study, profile, args, ray_choice)
+
+
+def validated_line(study: Study, specs, ray_choice: RayChoice) -> str:
+    """The last line of --validate-only: what was checked (eeray.study.validate_study), with the numbers a user
+    compares against what they meant to run."""
+    datasets = sorted({s.config.data.name for s in specs})
+    budgets = sorted({s.config.diag.memory_budget_gb for s in specs})
+    trials = len(specs) * study.samples_per_point
+    checks = [f"{trials} trial(s) ({len(specs)} grid point(s) × {study.samples_per_point} sample(s)), every config",
+              f"dataset(s) {', '.join(datasets)} (files present and well-formed, n_train and τ within them)",
+              f"diagnostics memory within diag.memory_budget_gb = {'/'.join(f'{b:g}' for b in budgets)} GiB",
+              f"resources for {'a cluster' if not ray_choice.local else 'this machine'}"]
+    if study.require_safe_exploration:
+        checks.append("m_H·m_(H−1) ≥ n for the safe-exploration guarantee")
+    return f"valid: study '{study.name}': " + "; ".join(checks) + ". Nothing written; Ray not started."
 
 
 def _recorded_profile(name: str, args) -> str | None:

@@ -71,11 +71,12 @@ def classic_view_url(base_url: str, experiment_id: str) -> str:
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def ui_command(tracking_uri: str, port: int = 5000) -> str:
-    if tracking_uri.startswith("sqlite:"):
-        return (f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port {port}  (in the sidebar "
-                "choose 'Model training', not 'GenAI': MLflow remembers it)")
-    return f"open {tracking_uri} in a browser (on a cluster through an SSH tunnel: docs/cluster.md)"
+def ui_command(tracking_uri: str, port: int = 5000) -> str | None:
+    """The command that serves the embedded store's UI (this interpreter's MLflow by absolute path: it works in a
+    fresh shell, eeray.commands), or None for a tracking server, which serves its own UI."""
+    from eeray.commands import mlflow_ui  # noqa: PLC0415
+
+    return mlflow_ui(tracking_uri, port) if tracking_uri.startswith("sqlite:") else None
 
 
 def _number(v: Any) -> float | None:

@@ -10,27 +10,26 @@ m_H = ⌈2n/513⌉. Three stages, each its own study (own results, MLflow experi
            (Tables 3–4) and wall-clock per phase (Table 5)
 
 Run:      python studies/ee_vs_standard.py --data-root /path/to/data      # all three stages
-          (a paper dataset absent from the data root is an error; --present-datasets-only runs the ones present
-          and the summary lists the skipped ones)
+          (an absent paper dataset is an error; --present-datasets-only runs those present, listing the rest)
           python studies/ee_vs_standard.py --stage final --chosen paper    # skip the grid: the paper's picks
-Smoke:    python studies/ee_vs_standard.py --smoke      # digits16 subsets on CPU, < 2 minutes on 2 cores
-Runtime:  paper: a 200-epoch CIFAR trial ≈ 20 min on one H100 (benchmarks/train_throughput.py); the full
-          protocol over six datasets ≈ 200 GPU-hours with 4 trials packed per GPU, run from scratch. The grid
-          stage branches (on by default; --no-branching runs every cell from scratch): per (dataset, augment)
-          the six A cells are one tree — the ε = 1e-3, τ0 = 0.8 cell explores once and the other five continue
-          from its state at their τ, bitwise the runs they would have been. Measured (2026-12-02, 2 cores,
-          `--profile laptop --stage grid`: ResNet-18 on digits16 with augmentation, 10 epochs, one trial at a time):
-          6 trials in 149 s branched against 338 s with --no-branching (0.44×; 2:38 against 5:48 wall), the 72
-          Parquet step rows identical. By the step counts at the H100's exploitation/exploration step ratio
-          (0.32) the paper's grid costs ≈ 0.36× its from-scratch GPU time (benchmarks/results/branching_cpu.md,
-          step bound; not measured on a GPU). Smoke: the grid stage has one A cell, so branching changes nothing.
+Smoke:    python studies/ee_vs_standard.py --smoke      # digits16 subsets on the CPU
+Runtime:  paper: a 200-epoch CIFAR trial ≈ 20 min on one H100; six datasets ≈ 200 GPU-hours from scratch (4
+          trials per GPU), less with branching (the grid's A cells explore once: docs/study-notes.md)
 Expect:   A(Standard) test error ≤ Standard within a std (Tables 3–4), and A's wall-clock ≤ Standard's (Table 5:
           ratio 0.997 on CIFAR-10), the exploitation epochs being cheaper with the backbone frozen.
 """
-import argparse
-import os
 import sys
 from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
+import argparse
+import os
 
 from eeray.config import (ConfigError, DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig,
                           TrialConfig)

@@ -11,22 +11,23 @@ Data: the paper used MNIST with augmentation and ResNet-18 (profile paper, needs
 and smoke use LeNet on digits16 (real digits, always available).
 
 Run:      python studies/optimizer_sweep.py
-Smoke:    python studies/optimizer_sweep.py --smoke            # < 2 minutes on 2 cores
-Runtime:  laptop 2.5 min on 2 cores (measured 2026-12-02: 52 trials in 132 s, 2:24 wall with Ray's start;
-          --no-branching 190 s, 3:21 wall; identical Parquet rows both ways); paper ~60 GPU-hours from scratch (5
-          seeds × 52 trials, 4 per GPU), less with branching (below; not re-measured on a GPU).
-          Branching (on by default; --no-branching runs every trial from scratch): per (lr, seed) the 12 A
-          trials (G̃ × τ0 × ε) are one tree — G̃ = SGD, τ0 = 0.8, ε = 1e-3 explores once, the other 11 continue
-          from its state at their τ (laptop: 4 trunks, 44 branches, 4 Standard alone). Without Ray
-          (benchmarks/results/branching_cpu.md, LeNet/digits16): 0.64× the A trials' CPU trial-seconds, 0.66× the
-          grid's: with LeNet on CPU an L-BFGS exploitation epoch (20 line-searched iterations) costs 1.5–1.9
-          exploration epochs, so exact branching cannot go below 0.56–0.61× here (the step bound); with
-          ResNet-18 on a GPU, at an exploitation/exploration step ratio of 0.32, the bound is 0.27× (not measured).
-          Smoke (2 trees of 2): 60 instead of 72 optimizer steps, identical results; its wall time is Ray's
-          start-up.
+Smoke:    python studies/optimizer_sweep.py --smoke
+Runtime:  laptop 2.5 min on 2 cores (52 trials); paper ~60 GPU-hours from scratch (5 seeds × 52 trials, 4 per
+          GPU), less with branching (on by default: per (lr, seed) the 12 A trials explore once; --no-branching
+          runs each from scratch; measured savings: docs/study-notes.md)
 Expect:   the best learning rate per method (Standard, A with G̃ = SGD) and Table 6: L-BFGS as G̃ not worse
           than SGD at the chosen (τ0, ε).
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.cli import main
 from eeray.study import Resources, Study

@@ -10,11 +10,21 @@ skipped. digits16 (scikit-learn's digits) is always there.
 Run:      python studies/safe_exploration.py --data-root /path/to/data
 Some:     python studies/safe_exploration.py --data-root /path/to/data --present-datasets-only
 Smoke:    python studies/safe_exploration.py --smoke
-Runtime:  smoke < 1 min; laptop (n ≤ 3,000 per dataset) ~5 min on 2 cores; paper (full n: up to 73,257, a
-          43 GB float64 Gram) needs a GPU with ≥ 48 GB or that much RAM: ~5 s per dataset on an H100
+Runtime:  laptop (n ≤ 3,000 per dataset) ~5 min on 2 cores; paper (full n: up to 73,257, a 43 GB float64
+          Gram) needs a GPU with ≥ 48 GB or that much RAM: ~5 s per dataset on an H100
 Expect:   rank n (certified) for every dataset, as in Table 2; `summary.csv` lists n, m_H, the first method
           (certified, failed_pivot) and the second (second_method, second_rank, agree), and the seconds.
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig

@@ -8,14 +8,22 @@ epochs, m_H = 300), tracks ‖M(θ_t) − M(θ_0)‖ over time (Fig. 3) and logs
 rank of the exploitation features at θ^τ (the theory's condition for A to reach zero error).
 
 Run:      python studies/sine_wave.py
-Smoke:    python studies/sine_wave.py --smoke                   # < 2 minutes on 2 cores
+Smoke:    python studies/sine_wave.py --smoke
 E3 only:  python studies/sine_wave.py --profile e3              # the paper's one setting, seeds 0-4, ~10 min
-Runtime:  smoke ~1 min; laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 epochs, 240 trials) ~6 CPU-hours.
-          Branching is on (the default) but finds no tree: each (choice, seed) has one A(GD) trial, so no two
-          trials share an exploration; a variant over ε or τ would explore once per (choice, seed) (eeray.branching)
+Runtime:  laptop (2,000 epochs) ~45 min on 2 cores; paper (10,000 epochs, 240 trials) ~6 CPU-hours
 Expect:   per choice, the fraction of seeds where GD gets stuck (final training error > 0) and where A(GD)
           reaches zero training error; A's success tracks the Lemma-5 rank at θ^τ (= n), not the choice itself.
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 import pandas as pd
 
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig

@@ -6,28 +6,25 @@ epoch; the EE variant also sweeps m_H = ⌈c·n/m_{H−1}⌉, c ∈ {0.5, 1, 2, 
 each distinct m_H once (a c whose m_H a smaller c already gives at a width is not run again at that width).
 
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
-Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes
+Smoke:    python studies/width_sweep.py --smoke        # 12 tiny trials on the CPU (time: README, Studies)
 Profiles: --profile smoke | laptop | paper (default: paper with a GPU, laptop without)
-Runtime:  smoke ~1.5 min (2 cores); laptop 19–22 min (2 cores, measured 2026-12-03/04: 96 trials in 1148 s,
-          1291 s and 1215 s; `bash quickstart.sh study` 1589 s in a clean clone, set-up included); paper ~3 GPU-hours
+Runtime:  laptop 19–22 min on 2 cores (96 trials: 6 seeds × 32 epochs); paper ~3 GPU-hours
 Expect:   final training error falls with m_c, and trials whose runs stay aligned (Q_T flat) reach zero error;
-          analysis/width_vs_alignment.ipynb tests whether alignment explains the error beyond size.
-Summary:  per dataset and model family, the verdict (does error follow size or alignment?) and its stability, the
-          share of simulated reruns on resampled seeds reaching it; a verdict below 80% is reported as not stable.
-Laptop:   6 seeds (3 gave opposite verdicts on reruns), 32 epochs, c ∈ {0.5, 2} with c = 2 at m_c = 1, 2 only
-          (at m_c = 4 it gives c = 0.5's m_H = 1). Measured three times (2026-12-03/04, 2 cores; all three the
-          same): random16 standard "neither survives; aligned_fraction is the same in every trial" (86% of 200 seed
-          resamples), random16 EE "both survive" (84%) and digits16 EE "both survive" (92%) are stable; digits16
-          standard is not (45%: its partial correlations' intervals span 0 on both sides), and the summary says so.
-          Tried and not adopted (2 cores): 12 seeds with half the diagnostic samples and evaluations (216 trials,
-          31 min: stable on random16 standard only); 12 seeds with diagnostics every 4 epochs (216 trials, 38.6
-          min: none stable, 52–66%); 12 seeds at 16 epochs (216 trials, 51 min: at 16 epochs one random16 trial
-          in 36 is not aligned at one evaluation, random16 standard 53%); random16 6 seeds × 32 epochs with
-          digits16 12 seeds × 16 epochs and c ∈ {0.5, 4} (162 trials, 27 min, 2026-12-03: digits16 EE 90% and
-          random16 standard 86% stable, digits16 standard 53% and random16 EE 52% not); c ∈ {0.5, 2} with the
-          12 repeated m_c = 4 trials (108 trials, 18 min, 2026-12-02: random16 both stable, digits16 EE 69%,
-          digits16 standard 35%).
+          the summary gives, per dataset and model family, the verdict (does error follow size or alignment?)
+          and its stability (a verdict below 80% is reported as not stable); analysis/width_vs_alignment.ipynb
+          tests whether alignment explains the error beyond size.
+Notes:    the profiles tried, and the verdicts and runtimes measured: docs/study-notes.md
 """
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[1]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig
 from eeray.cli import main
 from eeray.study import Resources, Study

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,83 @@ def test_no_citation_of_the_old_design_documents():
                 hits.append(f"{source}:{number}: {line.strip()[:100]}")
     assert not hits, ("these lines cite design documents the repository does not contain; cite docs/ instead "
                       "(e.g. docs/paper-choices.md (A7)):\n  " + "\n  ".join(hits))
+
+
+# --------------------------------------------------------------------------- the README a newcomer reads
+README = ROOT / "README.md"
+REFERENCE = ROOT / "docs" / "reference.md"
+README_MAX_LINES = 130  # what it is, the two commands, a researcher's day, the studies, where to go next
+
+
+def test_readme_is_short_and_keeps_the_ci_command():
+    lines = README.read_text(encoding="utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, (f"README.md has {len(lines)} lines; keep it to about 120 and move "
+                                            "reference material to docs/reference.md")
+    # .ci/run runs the first non-empty line after the marker (awk in .ci/run): the README's test command
+    after = lines[lines.index("# ci:test") + 1:]
+    assert next(l for l in after if l.strip()) == "bash quickstart.sh test"
+
+
+def test_readme_says_how_to_use_the_environment():
+    text = README.read_text(encoding="utf-8")
+    assert "source .venv/bin/activate" in text and ".venv/bin/python" in text
+
+
+def test_readme_links_every_docs_page():
+    text = README.read_text(encoding="utf-8")
+    pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
+    unlinked = [p for p in pages if f"]({p}" not in text]
+    assert not unlinked, f"README.md's 'Where to go next' does not link: {unlinked}"
+
+
+# the width sweep's smoke time: "smoke" followed on the same line by a duration
+SMOKE_TIME = re.compile(r"smoke[^.;]{0,80}?(\b\d+(\.\d+)?\s?(s|min|mins|minutes?|seconds?)\b|a minute)", re.I)
+
+
+def smoke_time_lines(files) -> list[str]:
+    return [f"{os.path.relpath(f, ROOT)}:{n}: {line.strip()}" for f in files
+            for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1) if SMOKE_TIME.search(line)]
+
+
+def test_the_smoke_time_is_measured_and_stated_once():
+    files = [README, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "studies").glob("*.py")),
+             ROOT / "eeray" / "cli.py", ROOT / "quickstart.sh"]
+    found = smoke_time_lines(files)
+    assert len(found) == 1 and found[0].startswith("README.md:"), (
+        "state the smoke time once, measured, in README.md's Studies section; found:\n  " + "\n  ".join(found))
+    assert re.search(r"took \d+ s wall", found[0]) and "measured" in README.read_text(encoding="utf-8")
+
+
+def test_smoke_time_pattern_catches_the_old_wordings(tmp_path):
+    old = tmp_path / "old_readme.txt"
+    old.write_text("`--smoke` runs a tiny version in about a minute.\nsmoke ~1.5 min (2 cores)\n"
+                   "Smoke:    python studies/width_sweep.py --smoke        # 2 CPU cores, < 2 minutes\n"
+                   "0.94 s of Tune overhead per trial, and 3.0% of a smoke study's wall\n")
+    assert len(smoke_time_lines([old])) == 3
+
+
+def test_reference_lists_every_flag_and_exit_status():
+    from eeray import cli
+
+    text = REFERENCE.read_text(encoding="utf-8")
+    flags = [o for a in cli.parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    assert len(flags) >= 13
+    missing = [f for f in flags if f"`{f}" not in text]
+    assert not missing, f"docs/reference.md does not document these flags of every study: {missing}"
+    for status in ("0", "1", "2", "3", "130"):
+        assert re.search(rf"^\| {status} \|", text, re.M), f"docs/reference.md's exit-status table lacks {status}"
+
+
+@pytest.mark.parametrize("study", sorted(p.stem for p in (ROOT / "studies").glob("*.py")))
+def test_study_help_fits_a_screen_and_docstring_states_the_essentials(study):
+    path = ROOT / "studies" / f"{study}.py"
+    doc = path.read_text(encoding="utf-8").split('"""')[1]
+    for field in ("Run:", "Smoke:", "Runtime:", "Expect:"):
+        assert re.search(rf"^{field}", doc, re.M), f"{path.name}'s docstring has no '{field}' line"
+    assert "Tried and not adopted" not in doc  # the history of profiles is docs/study-notes.md
+    out = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert len(lines) <= 40, f"{path.name} --help is {len(lines)} lines at 80 columns:\n{out.stdout}"
+    assert "docs/reference.md" in out.stdout

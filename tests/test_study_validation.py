@@ -1,5 +1,6 @@
 """Bad studies fail before Ray starts, with one message naming the field and the fix."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -374,6 +375,10 @@ def test_validate_only_every_study(cli, script):
     assert out["rc"] == 0, out["stderr"][-3000:]
     assert "Traceback" not in out["stderr"] and "study '" in out["stdout"]
     assert not (cli["work"] / f"v_{script}").exists()
+    # it ends by saying what was validated: the trials, the datasets and the memory budgets
+    last = out["stdout"].strip().splitlines()[-1]
+    assert re.match(r"valid: study '\w+': \d+ trial\(s\) \(\d+ grid point\(s\) × \d+ sample\(s\)\)", last), last
+    assert "dataset(s) " in last and "diag.memory_budget_gb = " in last and "Ray not started" in last, last
     if script == "ee_vs_standard":  # all three stages, the final one before its grid has run
         for name in ("ee_vs_standard_certify", "ee_vs_standard_grid", "ee_vs_standard'"):
             assert f"study '{name}" in out["stdout"]

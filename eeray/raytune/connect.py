@@ -56,6 +56,7 @@ def connect(address: str | None, storage: str | None = None, why: str = "") -> R
         return _describe(False, why)
     if not address or address == "local":
         os.environ.pop("RAY_ADDRESS", None)  # not inherited by anything this Ray starts either
+        _workers_import_this_eeray()
         ray.init(address="local", _node_ip_address="127.0.0.1", num_cpus=os.cpu_count(), include_dashboard=False,
                  configure_logging=True, logging_level="WARNING")
         return _describe(True, why)
@@ -83,6 +84,18 @@ def _describe(started: bool, why: str = "") -> RayCluster:
     address = getattr(ctx, "gcs_address", None) or ray._private.worker.global_worker.node.gcs_address
     return RayCluster(started, address, tuple(n["NodeManagerAddress"] for n in ordered),
                       float(total.get("CPU", 0)), float(total.get("GPU", 0)), why)
+
+
+def _workers_import_this_eeray() -> None:
+    """A local Ray's workers inherit this environment, and Ray puts the driver's working directory on their
+    sys.path: without this, they would import whatever eeray their own sys.path finds (none, where a clone's study
+    file runs uninstalled; a folder named ``eeray`` in the working directory, as a namespace package). PYTHONPATH
+    names the folder of the eeray this driver imported, so the trials run the same code."""
+    from eeray.commands import eeray_root  # noqa: PLC0415
+
+    root, current = str(eeray_root()), os.environ.get("PYTHONPATH", "")
+    if current.split(os.pathsep)[0] != root:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, current]) if current else root
 
 
 # --------------------------------------------------------------------------- attaching

@@ -42,7 +42,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from eeray import faults, identity  # noqa: E402
+from eeray import commands, faults, identity  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
@@ -204,7 +204,7 @@ def _check_capacity(study: Study, cluster: RayCluster) -> None:
 
 def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, cluster: RayCluster) -> int:
     uri = default_tracking_uri(results_dir)
-    sync = f"python -m eeray.mlflow_sync {results_dir} --study {study.name}"
+    sync = commands.mlflow_sync(results_dir, study.name)
     mirror = Mirror(lambda: _open_tracker(uri, study, results_dir, meta), sync)
     expected = sum(len(seg["trials"]) for seg in meta["segments"]) * study.samples_per_point
     recorder = StudyRecorder(study, str(results_dir), mirror, meta["git_commit"], meta["profile"], expected)
@@ -496,17 +496,24 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
             table.to_csv(results_dir / study.name / "summary.csv", index=False)
             with pd.option_context("display.width", 160):
                 print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    # every command below is printed on a line of its own, as it is to be pasted: it names this interpreter by
+    # absolute path, so it works in a fresh shell without an activated environment (eeray.commands)
     print(f"\nParquet: {results_dir / study.name}   (eeray.results.load({str(results_dir)!r}, {study.name!r}))")
     if recorder.mirror.offline:
         print(f"MLflow:  INCOMPLETE — {recorder.mirror.offline}. Complete it from Parquet with:\n"
-              f"         {recorder.mirror.sync_command}")
+              f"    {recorder.mirror.sync_command}")
+    elif ui_command(uri):
+        print("MLflow:  serve the UI at http://127.0.0.1:5000 with the command below (in the sidebar choose "
+              f"'Model training', not 'GenAI': MLflow remembers it):\n    {ui_command(uri)}")
     else:
-        print(f"MLflow:  {ui_command(uri)}")
+        print(f"MLflow:  open {uri} in a browser (on a cluster through an SSH tunnel: docs/cluster.md)")
+    if not unfinished and len(trials):
+        print(f"Report:  {results_dir / study.name / 'report' / 'index.html'}, written by:\n"
+              f"    {commands.report(results_dir, study.name)}")
     if unfinished:
         print(f"\nInterrupted: {unfinished} of {total} trials did not finish. Continue with:\n    "
               f"{resume_command()}")
 
 
 def resume_command() -> str:
-    argv = [a for a in sys.argv[1:] if a not in ("--fresh", "--resume", "--extend")]
-    return " ".join(["python", sys.argv[0], *argv, "--resume"])
+    return commands.resume()

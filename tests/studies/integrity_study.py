@@ -1,6 +1,16 @@
 """A small, fast study for the study-integrity tests. The environment edits it between runs, as a user edits a
 study file: EERAY_TEST_STUDY (its name), EERAY_TEST_SEEDS ("0,1"), EERAY_TEST_LR (0.05), EERAY_TEST_DIVERGE
 ("1": add a trial that diverges at lr 1e12). The profiles differ in the number of epochs."""
+import sys
+from pathlib import Path
+
+# Runs from any working directory, eeray installed or not: this clone's eeray goes first on sys.path, so neither
+# an older installed copy nor a folder named eeray in the working directory is imported instead (a study file
+# kept outside a clone uses the installed eeray). docs/reference.md, "Running a study file".
+_CLONE = Path(__file__).resolve().parents[2]
+if (_CLONE / "eeray" / "__init__.py").is_file() and sys.path[:1] != [str(_CLONE)]:
+    sys.path.insert(0, str(_CLONE))
+
 import os
 
 from eeray.cli import main

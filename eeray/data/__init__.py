@@ -8,34 +8,14 @@ a pure function of its seed and epoch (resumable) and a GPU trial never waits on
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
 
 import torch
 
+from eeray.data.training_data import Augment, TrainingData
 from eeray.datasets import DATASETS, DatasetSpec
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (B, C, H, W) -> (B, C, H, W), per sample
-
-
-@dataclass
-class TrainingData:
-    spec: DatasetSpec
-    x_train: torch.Tensor  # (n, *input_shape) float32, normalised
-    y_train: torch.Tensor  # (n,) int64 class labels (binary: 0/1)
-    x_test: torch.Tensor  # (n_test, *input_shape) float32 (the validation part under val_fraction)
-    y_test: torch.Tensor  # (n_test,) int64
-    augment: Augment | None = None  # set when DataConfig.augment
-    info: dict[str, Any] = field(default_factory=dict)  # provenance: files, split seeds, normalisation
-
-    @property
-    def n(self) -> int:
-        return int(self.x_train.shape[0])
-
-    def to(self, device: torch.device | str) -> "TrainingData":
-        return TrainingData(self.spec, self.x_train.to(device), self.y_train.to(device), self.x_test.to(device),
-                            self.y_test.to(device), self.augment, self.info)
-
+__all__ = ["Augment", "DATASETS", "DatasetSpec", "TrainingData", "load_dataset", "select_datasets"]
 
 def load_dataset(cfg) -> TrainingData:
     """Load ``cfg`` (a :class:`eeray.config.DataConfig`): subset, split and augmentation applied."""

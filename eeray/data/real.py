@@ -31,7 +31,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from eeray.data import DATASETS, TrainingData
+from eeray.data.training_data import TrainingData
+from eeray.datasets import DATASETS
 
 ROOT_ENV = "EERAY_DATA_ROOT"
 DOWNLOAD_ENV = "EERAY_DATA_DOWNLOAD"  # "1": loaders download missing files with torchvision (needs a network)

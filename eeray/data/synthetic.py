@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eeray.data import DATASETS, TrainingData
+from eeray.data.training_data import TrainingData
+from eeray.datasets import DATASETS
 
 
 def _gen(seed: int, stream: int) -> torch.Generator:

@@ -215,6 +215,13 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
     storage = _storage(study_dir, meta)
     # search studies: Optuna learns from each result in the searcher's state, which the record cannot rebuild
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0" if study.search else TUNE_SNAPSHOT_S
+    if not study.search and args.max_concurrent is None and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
+        # Tune keeps one trial PENDING at a time for a searcher of its own kind (it may learn from each result), so
+        # one trial started at a time: trials shorter than the driver's work per trial ran one at a time on two CPUs
+        # (benchmarks/concurrency.py: 0% of the time two, 65-74% with more pending), and an autoscaler saw the
+        # demand of one trial at a time. A study's points are fixed in advance, as a grid is: they get Tune's rule
+        # for its own grid search. Optuna studies keep one; --max-concurrent N keeps Tune's N.
+        os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1)))
     t0 = time.perf_counter()
     outcome = "failed"
     try:

@@ -13,7 +13,7 @@ the backbone's features cached at the switch (eeray.exploitation.FrozenFeatures)
 head's alone, the case where branching's savings approach the step bound; with augmentation each exploitation step
 still runs the backbone's forward on its augmented batch.
 
-Trials run through ``eeray.branching.run_branched`` — ``run_trial`` directly, no Ray (what is measured is the
+Trials run through ``eeray.branch_runner.run_branched`` — ``run_trial`` directly, no Ray (what is measured is the
 trials' own work; the Tune path, eeray/raytune/branches.py, is checked equal in tests/test_branching_runner.py).
 Per tree, its members run from scratch and then branched, alternating, so the load
 of a shared machine falls on both alike. Reported: summed trial-seconds (each run_trial call's wall time),
@@ -39,7 +39,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "studies"))
 
-from eeray import branching  # noqa: E402
+from eeray import branch_runner, branching  # noqa: E402
+from eeray.branch_states import BranchStateStore  # noqa: E402
 from eeray.records import RECORD_STREAMS as TABLES, MemorySink  # noqa: E402
 
 
@@ -91,17 +92,17 @@ def run_grid(name, labels, configs, store_root):
     scratch, branched = [None] * len(configs), [None] * len(configs)
     s_sinks, b_sinks = [MemorySink() for _ in configs], [MemorySink() for _ in configs]
     wall = {"scratch": 0.0, "branched": 0.0}
-    store = branching.BranchStateStore(store_root)
+    store = BranchStateStore(store_root)
     for tree in trees:
         members = tree.members
         sub = [configs[i] for i in members]
         t0 = time.perf_counter()
-        for j, ran in enumerate(branching.run_branched(sub, lambda k: s_sinks[members[k]], store=store,
+        for j, ran in enumerate(branch_runner.run_branched(sub, lambda k: s_sinks[members[k]], store=store,
                                                        branched=False)):
             scratch[members[j]] = ran
         wall["scratch"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for j, ran in enumerate(branching.run_branched(sub, lambda k: b_sinks[members[k]], store=store)):
+        for j, ran in enumerate(branch_runner.run_branched(sub, lambda k: b_sinks[members[k]], store=store)):
             ran.trunk = None if ran.trunk is None else members[ran.trunk]
             branched[members[j]] = ran
         wall["branched"] += time.perf_counter() - t0
@@ -160,7 +161,7 @@ def step_bound(per_trial, r: float) -> float:
 
 def markdown(results, machine, date) -> str:
     lines = [f"# Branching vs from scratch ({date})", "", f"Machine: {machine}.", "",
-             "Trials run with `eeray.branching.run_branched` (run_trial directly, **no Ray**: the trials' own work; "
+             "Trials run with `eeray.branch_runner.run_branched` (run_trial directly, **no Ray**: the trials' own work; "
              "the Tune path is checked equal in tests/test_branching_runner.py). Per tree, members from scratch then branched, alternating. "
              "Trial-seconds: the sum over trials of each run_trial call's CPU time (one thread per trial; on a "
              "machine shared with other users a trial's wall time mostly measures their load — both are in the JSON, "
@@ -238,7 +239,7 @@ def main() -> None:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # warm-up: imports, dataset caches and first-call kernels would otherwise fall on whichever way runs first
     labels, configs = grids[names[0]]()
-    branching.run_branched([configs[1].replace(**{"train.epochs": 1})], store=None)
+    branch_runner.run_branched([configs[1].replace(**{"train.epochs": 1})], store=None)
     results = []
     with tempfile.TemporaryDirectory() as store_root:
         for name in names:

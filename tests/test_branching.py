@@ -5,7 +5,8 @@ import dataclasses
 import pytest
 import torch
 
-from eeray import branching
+from eeray import branch_runner, branching
+from eeray.branch_states import BranchStateStore
 from eeray.branching import BRANCH_POINT, FIELD_ROLES, Tree, plan_trees, prefix_rows
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, OptimConfig, TrainConfig, TrialConfig, to_flat
 from eeray.records import RECORD_STREAMS as TABLES, MemorySink
@@ -178,10 +179,10 @@ def test_parquet_stores_each_prefix_once_and_load_gives_every_history_whole(tmp_
     loaded = {}
     for way in ("scratch", "branched"):
         sinks = [MemorySink() for _ in configs]
-        store = branching.BranchStateStore(str(tmp_path / "states"))
-        ran = branching.run_branched(configs, lambda i: sinks[i], store=store, branched=way == "branched")
+        store = BranchStateStore(str(tmp_path / "states"))
+        ran = branch_runner.run_branched(configs, lambda i: sinks[i], store=store, branched=way == "branched")
         assert not any(p.is_file() for p in (tmp_path / "states").rglob("*"))  # each state dropped once used
-        branching.write_results(str(tmp_path / way), "s", names, configs, ran, sinks)
+        branch_runner.write_results(str(tmp_path / way), "s", names, configs, ran, sinks)
         loaded[way] = (load(tmp_path / way, "s"), load(tmp_path / way, "s", expand_branches=False))
     (scratch, _), (branched, stored) = loaded["scratch"], loaded["branched"]
     t = branched.trials.set_index("trial_name")
@@ -216,7 +217,7 @@ def test_a_failed_trunk_fails_only_its_waiting_branches_and_a_failed_branch_only
     monkeypatch.setattr(Trial, "_train_step", flaky)
     configs = [SINE.replace(**{"ee.tau": t, "ee.epsilon": e}) for t in (0.5, 0.75) for e in (1e-3, 1e-5)]
     sinks = [MemorySink() for _ in configs]
-    ran = branching.run_branched(configs, lambda i: sinks[i])
+    ran = branch_runner.run_branched(configs, lambda i: sinks[i])
     assert [r.trunk for r in ran] == [2, 2, None, 2] and [r.branch_step for r in ran] == [12, 12, None, 20]
     assert ran[2].error == "RuntimeError: lost at step 15" and ran[2].result is None  # the trunk, after step 12
     assert ran[1].error == "RuntimeError: lost at step 14"  # a branch of its own

@@ -27,7 +27,7 @@ from moto import settings as moto_settings
 from moto.server import ThreadedMotoServer
 from test_branching_runner import STUDY, TREE, assert_same_tables
 
-from eeray.branching import BranchStateStore
+from eeray.branch_states import BranchStateStore
 from eeray.raytune import s3
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state
 from eeray.raytune.branches import Branching

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
-from eeray.branching import BranchStateStore, plan_trees, steps_per_epoch_of, tree_id
+from eeray.branch_states import BranchStateStore
+from eeray.branching import plan_trees, steps_per_epoch_of, tree_id
 
 STATES_DIR = "branch_states"
 TRUNK_FAILED = "trunk_failed.json"

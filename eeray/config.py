@@ -16,18 +16,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from eeray.errors import FieldError, is_integer
 
-class ConfigError(ValueError):
-    """A config value is invalid. The message names the field, the value and what is valid."""
 
-    def __init__(self, field_name: str, value: Any, valid: str):
-        self.field = field_name
-        self.value = value
-        self.valid = valid
-        super().__init__(f"config field '{field_name}' = {value!r} is invalid: {valid}")
+class ConfigError(FieldError):
+    """A config or study value is invalid. The message names the field, the value and what is valid."""
 
-    def __reduce__(self):  # picklable and copyable: Ray ships exceptions between processes
-        return ConfigError, (self.field, self.value, self.valid)
+    @staticmethod
+    def describe(field: str, value: Any, valid: str) -> str:
+        return f"config field '{field}' = {value!r} is invalid: {valid}"
 
 
 # --------------------------------------------------------------------------- sections
@@ -234,7 +231,7 @@ def _coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     out = dict(values)
     hints = typing.get_type_hints(cls)
     for k, v in out.items():  # 2 -> 2.0 where the field is a float, so equal configs compare and log equal
-        if isinstance(v, int) and not isinstance(v, bool) and k in hints and float in _types_of(hints[k]) \
+        if is_integer(v) and k in hints and float in _types_of(hints[k]) \
                 and int not in _types_of(hints[k]):
             out[k] = float(v)
     if cls is OptimConfig and "betas" in out and out["betas"] is not None:

@@ -13,26 +13,19 @@ Also here: L_ℓ, the Lipschitz constant of ∇ℓ in the output (Assumption 5),
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from eeray.config import LOSSES
+from eeray.errors import FieldError
 
 # L_ℓ of Assumption 5 (docs/paper-choices.md (D4)): α = 1/L̂ for the exploitation phase's GD
 LIPSCHITZ = {"bce": 0.25, "ce": 0.5, "mse": 2.0}
 
 
-class LossError(ValueError):
+class LossError(FieldError):
     """A loss name, or labels that do not fit the loss: ``field`` was ``value``; ``valid`` says what would work."""
-
-    def __init__(self, field: str, value: Any, valid: str):
-        self.field, self.value, self.valid = field, value, valid
-        super().__init__(f"{field} = {value!r} is invalid: {valid}")
-
-    def __reduce__(self):  # picklable: Ray ships exceptions between processes
-        return type(self), (self.field, self.value, self.valid)
 
 
 class TargetEncodingError(LossError):

@@ -22,8 +22,6 @@ Embedded default: SQLite under the results directory; ``MLFLOW_TRACKING_URI`` po
 """
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import sys
 from pathlib import Path
@@ -37,6 +35,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from eeray import faults  # noqa: E402
+from eeray.errors import is_number  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
@@ -80,10 +79,7 @@ def ui_command(tracking_uri: str, port: int = 5000) -> str | None:
 
 
 def _number(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or type(v).__name__ == "bool_":
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
+    return float(v) if is_number(v) else None
 
 
 def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapping[str, Any]]) -> list[Point]:

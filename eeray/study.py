@@ -11,12 +11,11 @@ import itertools
 import math
 import re
 import os
-import sys
-from pathlib import Path
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from eeray.config import ConfigError, TrialConfig, validate
+from eeray.errors import is_integer, is_number
 
 PROFILES = ("smoke", "laptop", "paper")
 SCHEDULERS = ("fifo", "asha")
@@ -219,10 +218,10 @@ def _check_study_settings(study: Study) -> None:
         if col not in trial_columns:  # a summary never silently drops a column the schema does not have
             raise ConfigError("study.summary_columns", col, "must name columns of the trials table; see "
                               "docs/results-schema.md")
-    if not _is_int(study.samples_per_point) or study.samples_per_point < 1:
+    if not is_integer(study.samples_per_point) or study.samples_per_point < 1:
         raise ConfigError("study.samples_per_point", study.samples_per_point,
                           "must be an integer >= 1 (Optuna trials per grid point; 1 without a search)")
-    if not _is_int(study.max_failures) or study.max_failures < 0:
+    if not is_integer(study.max_failures) or study.max_failures < 0:
         raise ConfigError("study.max_failures", study.max_failures,
                           "must be an integer >= 0 (retries of a trial after a lost worker or node; Tune's -1, "
                           "retry forever, is refused: a trial that cannot succeed would never end)")
@@ -245,18 +244,6 @@ def _check_study_settings(study: Study) -> None:
                                       "value once (a repeated value runs the same trials twice)")
     if not isinstance(study.variants, Mapping) or not all(isinstance(v, Mapping) for v in study.variants.values()):
         raise ConfigError("study.variants", study.variants, "must be a dict: label -> dict of dotted overrides")
-
-
-def _is_number(v: Any) -> bool:
-    import numbers
-
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v: Any) -> bool:
-    import numbers
-
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -429,12 +416,12 @@ def _check_resources(study: Study, specs: list[TrialSpec], cluster: bool) -> Non
     r = study.resources
     for name in ("cpu", "gpu", "diag_actor_cpu", "diag_actor_gpu"):
         v = getattr(r, name)
-        if not _is_number(v) or v < 0:
+        if not is_number(v) or v < 0:
             raise ConfigError(f"resources.{name}", v, "must be a number >= 0")
     if r.cpu <= 0:
         raise ConfigError("resources.cpu", r.cpu, "must be > 0 (CPUs per trial, e.g. 1): a trial with no CPU "
                           "reserved is never limited, so every trial would start at once")
-    if not _is_int(r.diag_actors) or r.diag_actors < 0:
+    if not is_integer(r.diag_actors) or r.diag_actors < 0:
         raise ConfigError("resources.diag_actors", r.diag_actors, "must be an integer >= 0")
     if r.diag_actors and not (r.diag_actor_cpu or r.diag_actor_gpu):
         raise ConfigError("resources.diag_actor_cpu", r.diag_actor_cpu, "diagnostic actors need a CPU or a GPU "

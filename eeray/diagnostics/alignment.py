@@ -25,6 +25,7 @@ from eeray.diagnostics.jacobian import check_inputs, vec_sample_major
 from eeray.diagnostics.local import LocalBackend
 from eeray.diagnostics.matrix_free import extreme_eigenvalues, gram_operator, krylov_residual
 from eeray.diagnostics.spectral import KAPPAS, augmented_rank, decide, pinv_quadratic
+from eeray.errors import is_integer
 from eeray.losses import check_loss, modified_targets, targets
 
 METHODS = ("auto", "dense", "matrix_free")
@@ -58,7 +59,7 @@ class AlignmentOptions:
             raise DiagnosticsError("tol", self.tol, "must be > 0 (e.g. 1e-8)")
         for name in ("batch_size", "krylov_max_iter", "hutchinson_probes"):  # a too small budget: MemoryBudgetError
             value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            if not (is_integer(value) and value >= 1):
                 raise DiagnosticsError(name, value, "must be an integer >= 1")
         if self.linear_params is not None:  # a list from the caller; a tuple keeps the options hashable
             object.__setattr__(self, "linear_params", tuple(self.linear_params))

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from eeray.errors import FieldError
 
-class DiagnosticsError(ValueError):
+
+class DiagnosticsError(FieldError):
     """An argument to a diagnostic is invalid: ``field`` was ``value``; ``valid`` says what would work."""
 
-    def __init__(self, field: str, value: Any, valid: str):
-        self.field, self.value, self.valid = field, value, valid
-        super().__init__(f"{field} = {_short(value)} is invalid: {valid}")
-
-    def __reduce__(self):  # picklable and copyable (Ray and Tune copy exceptions across processes)
-        return _rebuild, (type(self), self.__dict__, self.args)
+    @staticmethod
+    def describe(field: str, value: Any, valid: str) -> str:
+        text = repr(value)  # a tensor or a long list: its head is enough
+        return f"{field} = {text if len(text) <= 120 else text[:117] + '...'} is invalid: {valid}"
 
 
 class NonFiniteOutputError(DiagnosticsError):
@@ -35,15 +35,3 @@ class MemoryBudgetError(DiagnosticsError):
 
 class SafeExplorationError(DiagnosticsError):
     """Assumption 4 cannot hold for these sizes (m_H·m_{H−1} < n); the message gives the smallest m_H."""
-
-
-def _rebuild(cls, state: dict, args: tuple) -> "DiagnosticsError":
-    err = cls.__new__(cls)
-    ValueError.__init__(err, *args)
-    err.__dict__.update(state)
-    return err
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 120 else text[:117] + "..."

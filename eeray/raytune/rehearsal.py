@@ -123,8 +123,8 @@ class Rehearsal:
         autoscaling.write_text(yaml.safe_dump(config, sort_keys=False))
         head = config["available_node_types"][HEAD_TYPE]["resources"]
         cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-               f"--node-ip-address=127.0.0.1", f"--port={self.state['gcs_port']}",
-               f"--dashboard-host=127.0.0.1", f"--dashboard-port={self.state['dashboard_port']}",
+               "--node-ip-address=127.0.0.1", f"--port={self.state['gcs_port']}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={self.state['dashboard_port']}",
                f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
                f"--num-cpus={head.get('CPU', 0)}", f"--num-gpus={head.get('GPU', 0)}",
                f"--temp-dir={self.root / 'head'}", f"--autoscaling-config={autoscaling}"]

@@ -228,12 +228,13 @@ def test_a_second_driver_is_refused_while_the_first_is_live_and_accepted_after_i
     try:
         lock = tmp_path / "integrity" / ".eeray.lock"
         wait_for(lambda: lock.exists() and str(first.pid) in lock.read_text(), 240, "the first driver's lock")
+        wait_for(_has_chunks(tmp_path), 240, "the first Parquet chunk")  # mid-study: it leaves work to resume
+        os.kill(first.pid, signal.SIGSTOP)  # live, its lock held, however long the three refusals take
         for flags in (["--resume"], ["--fresh"], []):
             out = run_study(STUDY, tmp_path, "--smoke", *flags, expect=2)
             assert "is live" in out.stderr and f"pid {first.pid}" in out.stderr, out.stderr
             assert "--fresh" not in out.stderr  # never suggested while a run is live
         assert (tmp_path / "integrity" / "execution.json").is_file()  # --fresh deleted nothing
-        wait_for(_has_chunks(tmp_path), 240, "the first Parquet chunk")
     finally:
         _end_group(first)  # SIGKILL: the lock is released by the kernel
     out = run_study(STUDY, tmp_path, "--smoke", "--resume")

@@ -490,6 +490,10 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
             print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
         for name, why in study.skipped_datasets.items():  # absent, skipped at the user's request
             print(f"  skipped dataset {name} (--present-datasets-only): {why}")
+    if len(trials) and not unfinished and (trials.status == "failed").all():
+        # the summary's tables below come out empty: said here, so an empty table does not read as "no answer yet"
+        print(f"\nEvery trial failed ({len(trials)} of {total}; each one's reason is above): no completed trial "
+              "to summarize")
     if study.summarize is not None and not unfinished:
         table = study.summarize(res)
         if len(table):

@@ -42,7 +42,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from eeray import faults, identity  # noqa: E402
+from eeray import faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
@@ -401,6 +401,12 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
                        "or start a new execution with --fresh (deletes this one) or another --results-dir")
             raise _Refused(f"the study differs from the execution recorded in {exec_file} "
                            f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
+        # the record is what a resume trusts (a trial it holds as ended never runs again): a file of it unreadable
+        # or gone would be rows silently missing at the end, so it refuses here, naming it (eeray.record_check)
+        try:
+            record_check.check(study_dir.parent, study.name)
+        except record_check.IncompleteRecord as exc:
+            raise _Refused(f"{'--extend' if args.extend else '--resume'}: {exc}") from None
         # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses
         for seg in meta["segments"]:
             why = unreadable_state(os.path.join(_storage(study_dir, meta), seg["name"]))

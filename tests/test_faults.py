@@ -128,3 +128,67 @@ def test_a_record_file_deleted_by_hand_is_named_at_resume_and_refused(undisturbe
 
     victim.write_bytes(good)
     _resumed_equals_reference(copy, undisturbed)
+
+
+# --------------------------------------------------------------------------- item 7: where the record is written
+def _run_read_only(path, *args: str):
+    """The study's CLI with ``args``, where ``path`` is read-only: a read-only bind mount in a mount namespace of
+    its own for root (root writes through permission bits: only a read-only mount stops it), its write bits
+    removed for any other user. Returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / INTEGRITY), *map(str, args)]
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        finally:
+            path.chmod(mode)
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    out = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", str(path), *cmd], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert "mount:" not in out.stderr and "unshare:" not in out.stderr, out.stderr  # the read-only mount was made
+    return out
+
+
+def _one_error_line(out) -> str:
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+    assert "Traceback" not in out.stderr and "Ray:" not in out.stdout  # refused before Ray started
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_read_only_destinations_and_a_4000_character_results_dir_are_one_error_line(undisturbed, tmp_path):
+    """Item 7 (rest): a read-only study directory at --resume and a read-only --storage ended in tracebacks
+    (exit 1); a results directory of 4,000 characters retried MLflow's SQLite store for 100 s. Each is now one
+    'error:' line naming the path, exit 2, before Ray starts."""
+    import time
+
+    copy = tmp_path / "copy"
+    shutil.copytree(undisturbed, copy)
+    err = _one_error_line(_run_read_only(copy / "integrity", "--results-dir", copy, "--smoke", "--resume"))
+    assert f"{copy / 'integrity'} is not writable" in err and "choose another --results-dir" in err, err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _one_error_line(_run_read_only(empty, "--results-dir", empty, "--smoke"))
+    assert str(empty) in err and "writable" in err, err
+
+    storage, fresh = tmp_path / "storage", tmp_path / "fresh"
+    storage.mkdir()
+    err = _one_error_line(_run_read_only(storage, "--results-dir", fresh, "--storage", storage, "--smoke"))
+    assert f"--storage {storage}: {storage} is not writable" in err and "choose another --storage" in err, err
+    assert not (fresh / "integrity" / "execution.json").exists() and not any(storage.iterdir())
+
+    deep = tmp_path.joinpath(*["d" * 200] * ((4000 - len(str(tmp_path))) // 201))
+    assert 3800 < len(str(deep)) <= 4000
+    t0 = time.monotonic()
+    out = run_study(INTEGRITY, deep, "--smoke", expect=2)
+    err = _one_error_line(out)
+    assert time.monotonic() - t0 < 60, "refused at once, not after MLflow's retries"
+    assert f"{deep / 'mlflow.db'} would be a path of" in err and "SQLite opens at most 504" in err, err
+    assert not deep.exists()  # nothing created

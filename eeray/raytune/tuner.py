@@ -42,10 +42,10 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from eeray import faults, identity, record_check  # noqa: E402
+from eeray import destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
-from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
+from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.search_state import apply_record, drop_staged_state, reconcile  # noqa: E402
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
@@ -157,6 +157,7 @@ def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
     study_dir = results_dir / study.name
     try:
         _check_study_dir(results_dir, study_dir)
+        _check_destination(args.results_dir, study_dir, default_tracking_uri(results_dir))
         continuing = bool(args.resume or getattr(args, "extend", False))
         nothing = _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
                            f"'{study.name}' to continue under {study_dir}")
@@ -361,6 +362,18 @@ def _check_study_dir(results_dir: Path, study_dir: Path) -> None:
         raise _Refused(f"study name {name!r} must be one path component (letters, digits, '-', '_', '.')")
 
 
+def _check_destination(given: str, study_dir: Path, tracking_uri: str) -> None:
+    """The study directory takes files (its lock is the first), and the paths below it fit: refused here, naming
+    it, rather than a traceback from the lock or MLflow retrying a SQLite file it cannot open."""
+    why = destinations.unwritable(study_dir)
+    if why:
+        raise _Refused(f"--results-dir {given}: {why}; the study's lock, Parquet record, Tune state and MLflow store "
+                       "are written there: make it writable or choose another --results-dir")
+    why = destinations.too_long(study_dir, tracking_uri)
+    if why:
+        raise _Refused(f"--results-dir {given}: {why}")
+
+
 def _make_study_dir(study_dir: Path, name: str) -> None:
     marker = study_dir / MARKER_FILE
     if not study_dir.exists():
@@ -425,7 +438,8 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
 
 def _preflight(storage: str | None) -> None:
     """An ``s3://`` storage must take an object before anything is deleted (--fresh), written or started: a
-    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing."""
+    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing. A
+    path (NFS, a local directory) must take a file: a read-only one is one refusal, not Tune's traceback."""
     from eeray.raytune import s3
 
     if storage and s3.is_s3(storage):
@@ -433,6 +447,11 @@ def _preflight(storage: str | None) -> None:
             s3.check(storage)
         except s3.StorageError as exc:
             raise _Refused(str(exc)) from None
+    elif storage and storage != TUNE_DIR and local_path(storage) is not None:  # _tune: the study directory's
+        why = destinations.unwritable(local_path(storage))
+        if why:
+            raise _Refused(f"--storage {storage}: {why}; Tune's checkpoints and state are written there: make it "
+                           "writable or choose another --storage")
 
 
 def _delete_study_contents(study_dir: Path, name: str) -> None:

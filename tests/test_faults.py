@@ -192,3 +192,91 @@ def test_read_only_destinations_and_a_4000_character_results_dir_are_one_error_l
     assert time.monotonic() - t0 < 60, "refused at once, not after MLflow's retries"
     assert f"{deep / 'mlflow.db'} would be a path of" in err and "SQLite opens at most 504" in err, err
     assert not deep.exists()  # nothing created
+
+
+# --------------------------------------------------------------------------- item 8: nothing in the results directory runs
+class _WritesAFile:
+    """A pickle payload: unpickling it calls exec, which writes ``marker`` (what a crafted file could do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+@pytest.mark.slow
+def test_a_crafted_searcher_state_is_refused_at_resume_and_runs_nothing(undisturbed, tmp_path):
+    """Item 8: a searcher-state-*.pkl under _tune/ that someone with write access to the results directory crafted.
+    eeray unpickled it with pickle.loads on --resume (and its searcher's restore with pickle.load): the payload ran.
+    Now it is read by a restricted unpickler before Ray starts: refused, naming the file and the global; the marker
+    the payload would write is never created."""
+    import pickle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(undisturbed, copy)
+    state = max((copy / "integrity" / "_tune" / "tune").glob("searcher-state-*.pkl"))
+    good = state.read_bytes()
+    marker = tmp_path / "marker"
+    state.write_bytes(pickle.dumps({"_points": [], "_suggested": _WritesAFile(marker)}))
+    out = run_study(INTEGRITY, copy, "--smoke", "--resume", expect=2)
+    err = _one_error_line(out)
+    assert f"{state}: refused to load builtins.exec" in err and "--fresh" in err, err
+    assert not marker.exists()
+
+    state.write_bytes(good)  # eeray's own state loads through the same reader
+    run_study(INTEGRITY, copy, "--smoke", "--resume")
+    assert not marker.exists()
+
+
+def test_searcher_states_round_trip_through_the_restricted_unpickler(tmp_path):
+    """What eeray's searchers save is what the restricted unpickler resolves: an Optuna-backed grid (completed,
+    failed and open trials) and a points searcher with branching (saved as its segment's name, not the object)."""
+    from ray import tune
+
+    from eeray.raytune import branches
+    from eeray.raytune.safe_pickle import UnsafeState, load_searcher_state
+    from eeray.raytune.searchers import GridOptunaSearch, PointsSearch
+
+    grid = GridOptunaSearch([{"seed": 0}, {"seed": 1}], {"optim.lr": tune.loguniform(1e-3, 1e-1),
+                                                          "model.fc_width": tune.choice([8, 16]),
+                                                          "train.batch_size": tune.randint(8, 64)},
+                            metric="train_error", mode="min", samples_per_point=4, seed=0)
+    for i in range(6):
+        grid.suggest(f"t{i}")
+        if i % 3 == 0:
+            grid.on_trial_complete(f"t{i}", {"train_error": i / 10})
+        elif i % 3 == 1:
+            grid.on_trial_complete(f"t{i}", None, error=True)
+    grid.save(str(tmp_path / "grid.pkl"))
+    again = GridOptunaSearch.__new__(GridOptunaSearch)
+    again.restore(str(tmp_path / "grid.pkl"))
+    assert again._remaining == grid._remaining and again._owner == grid._owner
+    assert again.suggest("t6") is not None  # the restored Optuna studies work
+
+    segment = branches.Branching({}, str(tmp_path / "states"), "tune")
+    points = PointsSearch([{"seed": 0}], segment, ["seed=0"])
+    points.save(str(tmp_path / "points.pkl"))
+    assert load_searcher_state((tmp_path / "points.pkl").read_bytes(), "points.pkl")["_branching"] == "tune"
+    with pytest.raises(UnsafeState, match="refused to load builtins.exec"):
+        load_searcher_state(__import__("pickle").dumps(_WritesAFile(tmp_path / "marker")), "crafted.pkl")
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_crafted_branch_point_state_is_refused_and_runs_nothing(tmp_path):
+    """Item 8: branch-point states are read with torch.load(weights_only=True), as trial checkpoints are: a state
+    file crafted to run code is refused and the marker it would write is never created."""
+    import pickle
+
+    import torch
+
+    from eeray.branching import BranchStateStore
+
+    store = BranchStateStore(str(tmp_path / "states"))
+    store.put("tree", 5, {"model": {"w": torch.ones(2)}, "step": 5})
+    assert store.get("tree", 5)["step"] == 5  # what put saves loads with weights_only
+    marker = tmp_path / "marker"
+    store.write(store.path("tree", f"{7:09d}.pt"), pickle.dumps({"step": _WritesAFile(marker)}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError):
+        store.get("tree", 7)
+    assert not marker.exists()

@@ -46,7 +46,8 @@ from eeray import destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
 from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
-from eeray.raytune.search_state import apply_record, drop_staged_state, reconcile  # noqa: E402
+from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
+                                        unsafe_searcher_state)
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
@@ -420,9 +421,11 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
             record_check.check(study_dir.parent, study.name)
         except record_check.IncompleteRecord as exc:
             raise _Refused(f"{'--extend' if args.extend else '--resume'}: {exc}") from None
-        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses
+        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses;
+        # so does a searcher state naming anything a searcher's state never holds (crafted: it would run code)
         for seg in meta["segments"]:
-            why = unreadable_state(os.path.join(_storage(study_dir, meta), seg["name"]))
+            experiment = os.path.join(_storage(study_dir, meta), seg["name"])
+            why = unreadable_state(experiment) or unsafe_searcher_state(*tune_storage(experiment))
             if why:
                 raise _Refused(f"Tune's state of segment '{seg['name']}' cannot be restored: {why}. The Parquet "
                                f"record of the trials that ended is intact ({study_dir}); this execution cannot be "

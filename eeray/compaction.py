@@ -69,9 +69,10 @@ def compact(files: Iterable[Path]) -> int:
     for directory, group in sorted(by_dir.items()):
         group = sorted(group)
         tables = [pq.read_table(f) for f in group]
-        schema = tables[0].schema
-        table = pa.concat_tables([t.cast(schema) for t in tables])
-        meta = dict(schema.metadata or {})
+        # files written before a column was added (a resumed older execution) lack it: it is null there, and
+        # every column any file has is kept (promote), so nothing is dropped and no cast can fail
+        table = pa.concat_tables(tables, promote_options="default")
+        meta = dict(tables[0].schema.metadata or {})
         meta[COVERS_KEY] = json.dumps([f.name for f in group]).encode()
         table = table.replace_schema_metadata(meta)
         name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex[:12]}.parquet"

@@ -66,7 +66,10 @@ SUMMARY_FIELDS = [
     # attempt, the nodes of its diagnostic actors, and why each attempt before the last ended (a lost node, ...)
     ("attempt_nodes", _S), ("attempt_node_ids", _S), ("diag_actor_nodes", _S), ("attempt_errors", _S), ("diag_failed_evaluations", _I),
     # branching (eeray.branching): a branch's trunk and the step it left it at; null for a trial run from scratch
-    ("trunk_trial_id", _S), ("branch_step", _I)]
+    ("trunk_trial_id", _S), ("branch_step", _I),
+    # how many rows the trial itself wrote to each table (counted by the trial, carried in its checkpoints): what
+    # lets a --resume tell a record file deleted by hand from a trial that wrote nothing there (eeray.record_check)
+    *((f"{t}_rows", _I) for t in ("steps", "diagnostics", "safety"))]
 
 
 def _arrow_type(tp: Any) -> pa.DataType:
@@ -244,42 +247,84 @@ class Results:
     safety: "Any"
 
 
-def _dataset(results_dir: str | os.PathLike, study: str, table: str) -> "pads.Dataset | None":
-    """The table's files as one Arrow dataset (None when nothing was written). Every visible file is read: a
-    corrupt one is an error naming it, never a silently smaller table."""
+class RecordFileError(ValueError):
+    """Files of the record that cannot be read (truncated, overwritten with garbage): ``bad`` maps each path to
+    what the Parquet reader said. A table read without them would be silently smaller, so reading stops here."""
+
+    def __init__(self, table: str, bad: Mapping[str, str]):
+        self.table, self.bad = table, dict(bad)
+        lines = "\n".join(f"  {path}: {why}" for path, why in self.bad.items())
+        super().__init__(f"the '{table}' table has {len(self.bad)} unreadable Parquet file(s) (truncated or "
+                         f"overwritten?):\n{lines}\nThe record is not complete without them: restore them from a "
+                         "copy of the results directory, or run the study again with --fresh (deletes this "
+                         "execution) or into another --results-dir")
+
+
+def record_files(results_dir: str | os.PathLike, study: str, table: str) -> list[str]:
+    """The files that hold the table's rows, each row in exactly one: every visible ``.parquet`` file but those a
+    partition file covers (compaction). A partition file whose metadata cannot be read is a
+    :class:`RecordFileError` naming it (which files it covers is unknown, so no reading can go on)."""
     from eeray.compaction import covered
 
     path = Path(results_dir) / study / table
-    sch = schema(table)
     if not path.exists():
-        return None
+        return []
     files = []
     for directory in [path, *(d for d in path.rglob("*") if d.is_dir())]:
         if any(p.startswith((".", "_")) for p in directory.relative_to(path).parts):
             continue
         names = {f.name for f in directory.glob("*.parquet") if not f.name.startswith((".", "_"))}
         if any(n.startswith(COMPACTED_PREFIX) for n in names):  # a row is read from one file only (compaction)
-            names -= covered(directory)
+            try:
+                names -= covered(directory)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise RecordFileError(table, _unreadable(str(directory / n) for n in sorted(names)
+                                                         if n.startswith(COMPACTED_PREFIX)) or
+                                      {str(directory): str(exc)}) from exc
         files += [str(directory / n) for n in sorted(names)]
+    return files
+
+
+def _unreadable(files: Iterable[str]) -> dict[str, str]:
+    """Path -> the reader's error, for each of ``files`` that cannot be read whole (footer and every page)."""
+    bad = {}
+    for f in files:
+        try:
+            pq.read_table(f)
+        except (pa.ArrowException, OSError) as exc:
+            why = (str(exc).splitlines() or [""])[0].replace(f"Could not open Parquet input source '{f}': ", "")
+            bad[f] = f"{type(exc).__name__}: {why}".rstrip(": ")  # the path is the key: not said twice
+    return bad
+
+
+def _dataset(results_dir: str | os.PathLike, study: str, table: str) -> "pads.Dataset | None":
+    """The table's files as one Arrow dataset (None when nothing was written). Every visible file is read: a
+    corrupt one is an error naming it, never a silently smaller table."""
+    files = record_files(results_dir, study, table)
     if not files:
         return None
+    sch = schema(table)
     parts = pads.partitioning(pa.schema([sch.field(k) for k in PARTITIONS[table]]), flavor="hive")
-    return pads.dataset(files, schema=sch, format="parquet", partitioning=parts, partition_base_dir=str(path))
+    return pads.dataset(files, schema=sch, format="parquet", partitioning=parts,
+                        partition_base_dir=str(Path(results_dir) / study / table))
 
 
 def _read(ds: "pads.Dataset", table: str, columns=None, filter=None) -> pa.Table:
     try:
         return ds.to_table(columns=None if columns is None else list(columns), filter=filter)
-    except (pa.ArrowInvalid, OSError) as exc:
-        bad = []
-        for f in ds.files:
-            try:
-                pq.read_metadata(f)
-            except (pa.ArrowInvalid, OSError):
-                bad.append(f)
-        raise ValueError(f"the '{table}' table has unreadable Parquet file(s) {bad or '(see below)'}: {exc}. The "
-                         "record is not complete without them; restore them from a copy, or delete them and "
-                         "rerun the trials they belong to") from exc
+    except (pa.ArrowException, OSError) as exc:
+        # which file: each is read whole (this is the error path only); the dataset's error names none of them
+        bad = _unreadable(ds.files)
+        if not bad:
+            raise  # every file reads: the request itself was wrong (a column the schema lacks), not the record
+        raise RecordFileError(table, bad) from exc
+
+
+def read_whole(results_dir: str | os.PathLike, study: str, table: str) -> pa.Table:
+    """Every column of every row of ``table`` as stored (no branch prefixes): reading it all is what shows a file
+    whose footer is intact but whose pages are not (a read of a few columns would skip them)."""
+    ds = _dataset(results_dir, study, table)
+    return schema(table).empty_table() if ds is None else _read(ds, table)
 
 
 def load_table(results_dir: str | os.PathLike, study: str, table: str, columns: Iterable[str] | None = None):

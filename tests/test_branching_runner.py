@@ -24,12 +24,18 @@ TREE = {"ee eps=0.01 tau0=0.75": None,  # the trunk: the larger Ï„0, the first Î
 
 def named(results_dir):
     """The tables as load() returns them, trial ids replaced by names; dropped: timings and what says how the run
-    went rather than what it computed (attempts, nodes, the branch links), which the tests check by themselves."""
+    went rather than what it computed (attempts, nodes, the branch links, the rows each trial stored itself: a
+    branch stores only its rows from its branch step), which the tests check by themselves."""
     res = load(results_dir, "branching")
+    stored = load(results_dir, "branching", expand_branches=False)
+    for table in ("steps", "diagnostics", "safety"):  # each trial's count is the rows it stored, prefix or not
+        held = getattr(stored, table).groupby("trial_id").size()
+        assert [held.get(t, 0) for t in res.trials.trial_id] == res.trials[f"{table}_rows"].tolist(), table
     names = res.trials.set_index("trial_id").trial_name
     trials = res.trials.drop(columns=[c for c in res.trials.columns if c.endswith("_seconds") or c in (
         "trial_id", "trunk_trial_id", "branch_step", "attempts", "attempt_nodes", "attempt_node_ids",
-        "diag_actor_nodes", "attempt_errors", "git_commit", "node", "study")]).set_index("trial_name").sort_index()
+        "diag_actor_nodes", "attempt_errors", "git_commit", "node", "study", "steps_rows", "diagnostics_rows",
+        "safety_rows")]).set_index("trial_name").sort_index()
     out = {"trials": trials}
     for table in ("steps", "diagnostics"):
         frame = getattr(res, table)

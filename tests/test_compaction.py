@@ -69,3 +69,20 @@ def test_a_corrupt_file_is_an_error_naming_it(tmp_path):
     bad.write_bytes(b"PAR1 not really")
     with pytest.raises(ValueError, match=bad.name):
         load_table(tmp_path, STUDY, "steps")
+
+
+def test_files_written_before_a_column_existed_compact_with_newer_ones(tmp_path):
+    """A --resume of an execution begun by an older eeray: its trials files lack the row counts (steps_rows, ...)
+    that newer ones carry. Compacted together, the older rows read the new columns as null, nothing is lost."""
+    import pyarrow.parquet as pq
+
+    w = record(tmp_path, trials=2)
+    old = w.root / "trials" / "dataset=sine" / "00000000.parquet"
+    pq.write_table(pq.read_table(old).drop_columns(["steps_rows", "diagnostics_rows", "safety_rows"]), old)
+    w.write_trial("00000001", {"trial_name": "seed=1", "status": "completed", "final_train_error": 0.1,
+                               "steps_rows": 12}, "sine")
+    before = load(tmp_path, STUDY)
+    compaction.compact(every_file(w.root))
+    after = load(tmp_path, STUDY)
+    assert after.trials.equals(before.trials) and after.steps.equals(before.steps)
+    assert after.trials.steps_rows.isna().tolist() == [True, False] and after.trials.steps_rows.iloc[1] == 12

@@ -155,6 +155,20 @@ def _group_of(frame: pd.DataFrame, by: str | Sequence[str]) -> pd.Series:
     return frame[cols].astype(str).agg(", ".join, axis=1) if len(frame) else pd.Series([], dtype=str)
 
 
+def _no_groups(measures: pd.DataFrame | None, what: str) -> Figure:
+    """A figure saying why there is nothing to plot: no group has a completed trial with the measures (every trial
+    failed, say), so there is no correlation to show. An empty grid would be an error, and a blank figure would
+    read as a plotting bug."""
+    fig = Figure(figsize=(6.4, 1.6), layout="constrained")
+    ax = fig.subplots()
+    ax.set_axis_off()
+    counts = "" if measures is None or "status" not in measures.columns else " (" + ", ".join(
+        f"{n} {s}" for s, n in measures["status"].value_counts().sort_index().items()) + ")"
+    ax.text(0.5, 0.5, f"{what}: no completed trial to correlate{counts}", ha="center", va="center",
+            fontsize="small", wrap=True)
+    return fig
+
+
 def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, outcome: str = "final_train_error",
                       alignment: str = "aligned_fraction", size: str = "d",
                       by: str | Sequence[str] = ("dataset", "family")) -> Figure:
@@ -165,6 +179,8 @@ def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, out
     associations = associations.assign(_group=_group_of(associations, by))
     by = "_group"
     groups = sorted(associations[by].unique(), key=str)
+    if not groups:
+        return _no_groups(measures, "error ~ alignment and error ~ size")
     fig, axes = _grid(len(groups), 2, w=4.2, h=3.0)
     colors = _palette(measures["method"])
     for i, gv in enumerate(groups):
@@ -191,6 +207,8 @@ def plot_partial_intervals(associations: pd.DataFrame, by: str | Sequence[str] =
     """Forest plot: both partial rank correlations per group with their bootstrap intervals; an interval that
     crosses the zero line means the association does not survive controlling for the other variable."""
     rows = associations[associations["association"].str.contains("|", regex=False)].reset_index(drop=True)
+    if rows.empty:
+        return _no_groups(None, "partial rank correlations")
     rows = rows.assign(_group=_group_of(rows, by))
     by = "_group"
     fig = Figure(figsize=(7.0, 0.45 * len(rows) + 1.4), layout="constrained")

@@ -27,6 +27,14 @@ ASSOCIATIONS = ("error ~ alignment", "error ~ size", "alignment ~ size", "error 
 PARTIALS = ASSOCIATIONS[3:]
 BY = ("dataset", "family")  # per dataset, and per model family: standard and EE sizes d are not comparable
 STABLE_SHARE = 0.8  # a verdict is stated when at least this share of seed resamples reaches it
+# the columns after the grouping ones of each table: a table with no group (every trial failed, so no completed
+# trial has the three measures) still has them, and the tables built on it stay empty instead of failing
+ASSOCIATION_FIELDS = ("association", "n_trials", "n_seeds", "unit", "spearman", "spearman_lo", "spearman_hi",
+                      "spearman_p", "kendall", "kendall_lo", "kendall_hi", "kendall_p", "excludes_zero",
+                      "undefined_because", "constant")
+SURVIVAL_FIELDS = ("trials", "seeds", "error ~ alignment | size", "alignment survives", "error ~ size | alignment",
+                   "size survives", "verdict", "intervals resample")
+STABILITY_FIELDS = ("verdict", "seeds", "resamples", "stability", "stable", "other_verdicts", "why_unstable")
 
 
 def _varies(a: np.ndarray) -> bool:
@@ -182,7 +190,7 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
                          "spearman_p": p_s, "kendall": point[j], "kendall_lo": lo[j], "kendall_hi": hi[j],
                          "kendall_p": p_k, "excludes_zero": bool(lo[i] > 0 or hi[i] < 0),
                          "undefined_because": undefined, "constant": "" if undefined else flat})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, *ASSOCIATION_FIELDS])
 
 
 def _fmt(row: pd.Series) -> str:
@@ -228,7 +236,7 @@ def survival_table(associations: pd.DataFrame, stability: pd.DataFrame | None = 
                     "error ~ size | alignment": _fmt(s), "size survives": "yes" if s["excludes_zero"] else "no",
                     "verdict": verdict(bool(a["excludes_zero"]), bool(s["excludes_zero"]), why, a["constant"]),
                     "intervals resample": a["unit"]})
-    table = pd.DataFrame(out)
+    table = pd.DataFrame(out, columns=[*by, *SURVIVAL_FIELDS])
     if stability is None:
         return table
     table = table.merge(stability[[*by, "verdict", "stability", "resamples", "stable", "why_unstable"]]
@@ -336,4 +344,4 @@ def verdict_stability(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
         rows.append({**row, "stability": share, "stable": share >= stable_share, "other_verdicts": other_text,
                      "why_unstable": f"only {share:.0%} of {n_outer} seed resamples reach '{_key_text(full)}' "
                                      f"(others: {other_text or 'none'}); more seeds are needed for an answer"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, *STABILITY_FIELDS])

@@ -118,9 +118,9 @@ class StudyRecorder:
         self.write_seconds["mlflow"] += time.perf_counter() - t1
         self.write_seconds["parquet"] += t1 - t0
         if rows.get("summary"):
-            self._finish(trial, "completed", rows["summary"][-1])
+            self._finish(trial, "completed", {**rows["summary"][-1], **_row_counts(result)})
         elif result.get("failure_reason"):
-            self._finish(trial, "failed", {"failure_reason": result["failure_reason"]})
+            self._finish(trial, "failed", {"failure_reason": result["failure_reason"], **_row_counts(result)})
 
     def on_trial_complete(self, trial) -> None:
         """A trial that ends without its summary was stopped early by the scheduler (ASHA)."""
@@ -128,7 +128,8 @@ class StudyRecorder:
             last = trial.last_result or {}
             self._finish(trial, "stopped", {"failure_reason": "stopped early by the scheduler",
                                             **{f"final_{k}": last[k] for k in ("train_loss", "train_error",
-                                                                              "test_error") if k in last}})
+                                                                              "test_error") if k in last},
+                                            **_row_counts(last)})
         _forget_reported_rows(trial)
         if self.finished.get(trial.trial_id) in RECORDED_DONE:  # never written again: its files can be compacted
             _delete_checkpoints(trial)
@@ -155,7 +156,8 @@ class StudyRecorder:
         self.compact()
 
     def on_trial_error(self, trial) -> None:
-        self._finish(trial, "failed", {"failure_reason": _error_text(trial)})
+        self._finish(trial, "failed", {"failure_reason": _error_text(trial),
+                                       **_row_counts(getattr(trial, "last_result", None) or {})})
         _forget_reported_rows(trial)
 
     def on_step_end(self, trials) -> None:
@@ -323,6 +325,13 @@ class StudyRecorder:
                 "attempt_node_ids": json.dumps([a["node_id"] for a in attempts]),
                 "diag_actor_nodes": json.dumps([a["actors"] for a in attempts]),
                 "attempt_errors": json.dumps([a["error"] for a in attempts[:-1]])}
+
+
+def _row_counts(result: dict) -> dict[str, int]:
+    """``<table>_rows``: the rows of each table the trial reported up to ``result`` (its last report), all attempts
+    together; none where the trial could not count them (it continued from a checkpoint without the counts)."""
+    counted = result.get("record_rows")
+    return {} if counted is None else {f"{t}_rows": n for t, n in counted.items()}
 
 
 def _attempt() -> dict[str, Any]:

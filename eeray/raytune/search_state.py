@@ -40,6 +40,8 @@ import pyarrow.fs as pafs
 import ray.cloudpickle as cloudpickle
 from ray.tune.utils.serialization import _loads_with_cloudpickle  # the decoder Tune's own restore uses
 
+from eeray.raytune.safe_pickle import UnsafeState, load_searcher_state
+
 _STATE_FILES = ("experiment_state-*.json", "searcher-state-*.pkl", "search_gen_state-*.json")
 _KEPT = {"TERMINATED"}  # every other status runs again on --resume (resume_unfinished, resume_errored)
 # a trial the record holds with one of these ended for good; "failed" is left to Tune (an errored trial runs again
@@ -103,7 +105,7 @@ def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls, recorde
     names = [os.path.basename(p) for p in paths]
     trials = stored_trials(_read(fs, state_file))
     searcher = searcher_cls.__new__(searcher_cls)
-    searcher.__dict__.update(pickle.loads(_read(fs, searcher_file)))
+    searcher.__dict__.update(load_searcher_state(_read(fs, searcher_file), searcher_file))  # runs nothing it names
     repairs = [r for r in [searcher.reconcile(trials, recorded)] if r]
     gen = cloudpickle.loads(_read(fs, gen_file))
     if gen["counter"] != len(trials):
@@ -118,10 +120,29 @@ def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls, recorde
     gen["counter"], gen["finished"] = len(trials), False  # a finished searcher answers FINISHED again by itself
     if limiter is not None:
         limiter["live_trials"], limiter["num_unfinished_live_trials"] = live, len(live)
-    fields = {k: v for k, v in searcher.__dict__.items() if k != "_index"}  # _point_of's look-up table
+    fields = {k: v for k, v in searcher._saved_fields().items() if k != "_index"}  # _point_of's look-up table
     _write(fs, searcher_file, pickle.dumps(fields))  # as _PicklingSearcher.save writes it
     _write(fs, gen_file, cloudpickle.dumps(gen))
     return [f"{names[0]} and {names[1]} disagree: {r}" for r in repairs]
+
+
+def unsafe_searcher_state(experiment: str, fs: pafs.FileSystem | None) -> str | None:
+    """Why the newest searcher state of a Tune experiment directory cannot be loaded safely (None: it can, or
+    there is none): checked before Ray starts, so a crafted or foreign file is a refusal naming it, and neither
+    eeray nor Tune's restore reads it."""
+    if fs is None:
+        fs, experiment = pafs.FileSystem.from_uri(experiment)
+    try:
+        path = _newest(fs, experiment, "searcher-state-", ".pkl")
+    except FileNotFoundError:
+        return None  # the segment never started: nothing to restore
+    if path is None:
+        return None
+    try:
+        load_searcher_state(_read(fs, path), path)
+    except UnsafeState as exc:
+        return str(exc)
+    return None
 
 
 def drop_staged_state(experiment: str, fs: pafs.FileSystem | None) -> list[str]:

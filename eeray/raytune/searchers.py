@@ -15,6 +15,7 @@ from typing import AbstractSet as Set, Any, Mapping, Sequence
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from eeray.raytune.safe_pickle import load_searcher_state
 from eeray.raytune.search_state import StoredTrial, matches, plain
 
 
@@ -23,11 +24,16 @@ class _PicklingSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+            pickle.dump(self._saved_fields(), f)
 
     def restore(self, checkpoint_path: str) -> None:
+        # read back with the restricted unpickler: the file lies in a results directory others may write to
         with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+            self.__dict__.update(load_searcher_state(f.read(), checkpoint_path))
+
+    def _saved_fields(self) -> dict[str, Any]:
+        """What ``save`` pickles: the state's data, nothing :mod:`eeray.raytune.safe_pickle` would refuse."""
+        return dict(self.__dict__)
 
     def reconcile(self, trials: Sequence[StoredTrial], recorded: Set[str] = frozenset()) -> str | None:
         """Agree with the trials Tune stored and the names eeray's record holds as ended
@@ -126,12 +132,20 @@ class PointsSearch(_PicklingSearcher):
             self._points, self._names = [self._points[i] for i in order], [self._names[i] for i in order]
         self._suggested: list[bool] = [False] * len(self._points)
 
+    def _saved_fields(self) -> dict[str, Any]:
+        # the branching as its segment's name: restore takes this driver's own instance anyway, and the object
+        # (a store with its file system) is not plain data the restricted unpickler would resolve
+        fields = dict(self.__dict__)
+        if self._branching is not None:
+            fields["_branching"] = getattr(self._branching, "segment", self._branching)
+        return fields
+
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         if self._branching is not None:  # the states where this driver keeps them, not where the pickle's did
             from eeray.raytune.branches import active
 
-            self._branching = active(self._branching.segment)
+            self._branching = active(self._branching)
 
     def suggest(self, trial_id: str) -> dict | None:
         if all(self._suggested):

@@ -30,13 +30,21 @@ from eeray.trial import run_trial
 
 STATE_FILE = "trial.pt"
 REPORT_KEYS = ("step", "epoch", "phase", "train_loss", "train_error", "test_error")
+COUNTED = ("steps", "diagnostics", "safety")  # the Parquet tables a trial writes rows to (the trials row aside)
+# a checkpoint's state also carries how many rows the trial had reported up to it, so a trial restored from it
+# counts on from there (popped before the state reaches run_trial)
+ROWS_KEY = "eeray_record_rows"
 
 
 class TuneSink:
-    def __init__(self, config_flat: dict[str, Any]) -> None:
+    def __init__(self, config_flat: dict[str, Any], counted: Mapping[str, int] | None = None) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {t: [] for t in RECORD_STREAMS}
         self.latest: dict[str, Any] = {}
         self.config_flat = config_flat
+        # rows of each table this trial has reported, all attempts together (its trials row records them, and a
+        # --resume checks the record holds them all: eeray.record_check); None: restored from a checkpoint that
+        # did not carry them (an older one), so unknown
+        self.counted: dict[str, int] | None = {t: 0 for t in COUNTED} if counted is None else dict(counted)
 
     def emit(self, table: str, row: Mapping[str, Any]) -> None:
         self.rows[table].append(dict(row))
@@ -47,8 +55,12 @@ class TuneSink:
 
     def checkpoint(self, make_state: Callable[[], dict], *, step: int, epoch: int, reason: str) -> None:
         with tempfile.TemporaryDirectory() as d:
-            torch.save(make_state(), os.path.join(d, STATE_FILE))
-            tune.report(self._metrics(f"{step:09d}-{reason}"), checkpoint=tune.Checkpoint.from_directory(d))
+            metrics = self._metrics(f"{step:09d}-{reason}")  # counts this chunk's rows: the state says "up to here"
+            state = make_state()
+            if metrics["record_rows"] is not None:
+                state = {**state, ROWS_KEY: metrics["record_rows"]}  # a new dict: a branch point's state stays as it is
+            torch.save(state, os.path.join(d, STATE_FILE))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     def fail(self, reason: str) -> None:
         """A deterministic failure: report the rows so far and the reason; no retry helps."""
@@ -59,8 +71,11 @@ class TuneSink:
     def _metrics(self, chunk: str) -> dict[str, Any]:
         # Tune adds node_ip to every result; on one machine (a rehearsal) several nodes share an IP: Ray's node id
         # tells them apart
+        if self.counted is not None:
+            self.counted = {t: n + len(self.rows[t]) for t, n in self.counted.items()}
         metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat,
-                   "node_id": ray.get_runtime_context().get_node_id()}
+                   "node_id": ray.get_runtime_context().get_node_id(),
+                   "record_rows": None if self.counted is None else dict(self.counted)}
         self.rows = {t: [] for t in RECORD_STREAMS}
         return metrics
 
@@ -124,6 +139,7 @@ def tune_trial(config: dict[str, Any], study, branching=None) -> None:
         if ckpt is not None:
             with ckpt.as_directory() as d:  # tensors, numbers and strings only: no code runs on load
                 state = torch.load(os.path.join(d, STATE_FILE), weights_only=True, map_location="cpu")
+            sink.counted = state.pop(ROWS_KEY, None)  # the rows reported up to this checkpoint (None: unknown)
         if role is not None and role.kind == "trunk":
             run_trial(cfg, _BranchPointSink(sink, branching.store, role.tree), checkpoint=state,
                       branch_points=role.points)

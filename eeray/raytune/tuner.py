@@ -42,11 +42,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
-from eeray import commands, faults, identity  # noqa: E402
+from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
-from eeray.raytune.atomic_storage import tune_storage, unreadable_state  # noqa: E402
-from eeray.raytune.search_state import apply_record, drop_staged_state, reconcile  # noqa: E402
+from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
+from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
+                                        unsafe_searcher_state)
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
@@ -157,6 +158,7 @@ def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
     study_dir = results_dir / study.name
     try:
         _check_study_dir(results_dir, study_dir)
+        _check_destination(args.results_dir, study_dir, default_tracking_uri(results_dir))
         continuing = bool(args.resume or getattr(args, "extend", False))
         nothing = _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
                            f"'{study.name}' to continue under {study_dir}")
@@ -368,6 +370,18 @@ def _check_study_dir(results_dir: Path, study_dir: Path) -> None:
         raise _Refused(f"study name {name!r} must be one path component (letters, digits, '-', '_', '.')")
 
 
+def _check_destination(given: str, study_dir: Path, tracking_uri: str) -> None:
+    """The study directory takes files (its lock is the first), and the paths below it fit: refused here, naming
+    it, rather than a traceback from the lock or MLflow retrying a SQLite file it cannot open."""
+    why = destinations.unwritable(study_dir)
+    if why:
+        raise _Refused(f"--results-dir {given}: {why}; the study's lock, Parquet record, Tune state and MLflow store "
+                       "are written there: make it writable or choose another --results-dir")
+    why = destinations.too_long(study_dir, tracking_uri)
+    if why:
+        raise _Refused(f"--results-dir {given}: {why}")
+
+
 def _make_study_dir(study_dir: Path, name: str) -> None:
     marker = study_dir / MARKER_FILE
     if not study_dir.exists():
@@ -408,9 +422,17 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
                        "or start a new execution with --fresh (deletes this one) or another --results-dir")
             raise _Refused(f"the study differs from the execution recorded in {exec_file} "
                            f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
-        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses
+        # the record is what a resume trusts (a trial it holds as ended never runs again): a file of it unreadable
+        # or gone would be rows silently missing at the end, so it refuses here, naming it (eeray.record_check)
+        try:
+            record_check.check(study_dir.parent, study.name)
+        except record_check.IncompleteRecord as exc:
+            raise _Refused(f"{'--extend' if args.extend else '--resume'}: {exc}") from None
+        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses;
+        # so does a searcher state naming anything a searcher's state never holds (crafted: it would run code)
         for seg in meta["segments"]:
-            why = unreadable_state(os.path.join(_storage(study_dir, meta), seg["name"]))
+            experiment = os.path.join(_storage(study_dir, meta), seg["name"])
+            why = unreadable_state(experiment) or unsafe_searcher_state(*tune_storage(experiment))
             if why:
                 raise _Refused(f"Tune's state of segment '{seg['name']}' cannot be restored: {why}. The Parquet "
                                f"record of the trials that ended is intact ({study_dir}); this execution cannot be "
@@ -426,7 +448,8 @@ def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bo
 
 def _preflight(storage: str | None) -> None:
     """An ``s3://`` storage must take an object before anything is deleted (--fresh), written or started: a
-    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing."""
+    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing. A
+    path (NFS, a local directory) must take a file: a read-only one is one refusal, not Tune's traceback."""
     from eeray.raytune import s3
 
     if storage and s3.is_s3(storage):
@@ -434,6 +457,11 @@ def _preflight(storage: str | None) -> None:
             s3.check(storage)
         except s3.StorageError as exc:
             raise _Refused(str(exc)) from None
+    elif storage and storage != TUNE_DIR and local_path(storage) is not None:  # _tune: the study directory's
+        why = destinations.unwritable(local_path(storage))
+        if why:
+            raise _Refused(f"--storage {storage}: {why}; Tune's checkpoints and state are written there: make it "
+                           "writable or choose another --storage")
 
 
 def _delete_study_contents(study_dir: Path, name: str) -> None:
@@ -497,6 +525,10 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
             print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
         for name, why in study.skipped_datasets.items():  # absent, skipped at the user's request
             print(f"  skipped dataset {name} (--present-datasets-only): {why}")
+    if len(trials) and not unfinished and (trials.status == "failed").all():
+        # the summary's tables below come out empty: said here, so an empty table does not read as "no answer yet"
+        print(f"\nEvery trial failed ({len(trials)} of {total}; each one's reason is above): no completed trial "
+              "to summarize")
     if study.summarize is not None and not unfinished:
         table = study.summarize(res)
         if len(table):

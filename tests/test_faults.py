@@ -1,0 +1,282 @@
+"""Issue 25: faults a user meets in the record, through the real CLI. Each test asserts what must happen instead
+of the fault: the documented exit status, one message naming what is wrong and the choices, every (trial, step)
+row exactly once against an undisturbed run, and nothing from the results directory executed."""
+import shutil
+
+import nbformat
+import pytest
+from conftest import ROOT, run_study
+from nbclient import NotebookClient
+
+from eeray.results import load
+
+ALL_FAILED = "tests/studies/all_failed_study.py"
+
+
+@pytest.mark.slow
+def test_every_trial_failed_exits_3_with_a_summary_that_says_so_and_the_notebook_runs(tmp_path):
+    """Item 6: the width sweep with every trial diverging. The study's own summary (width_sweep.summarize: the
+    association, stability and survival tables) and analysis/width_vs_alignment.ipynb crashed on a record with no
+    completed trial ("'association' is not in list"), turning exit 3 into a traceback and exit 1."""
+    out = run_study(ALL_FAILED, tmp_path, "--smoke", expect=3)
+    res = load(tmp_path, "all_failed")
+    assert len(res.trials) == 3 and set(res.trials.status) == {"failed"}
+    assert res.trials.failure_reason.str.contains("training loss is").all()
+    assert "all_failed: 3 trials (0 completed, 3 failed)" in out.stdout
+    assert "Every trial failed (3 of 3; each one's reason is above): no completed trial to summarize" in out.stdout
+    assert "Traceback" not in out.stderr and "Interrupted" not in out.stdout
+    assert not (tmp_path / "all_failed" / "summary.csv").exists()  # no table of verdicts from no trials
+
+    # the notebook a user opens next, on the same record (found as the repository's results, as from analysis/)
+    repo = tmp_path / "repo"
+    (repo / "analysis").mkdir(parents=True)
+    shutil.copytree(tmp_path / "all_failed", repo / "results" / "width_sweep")
+    nb = nbformat.read(ROOT / "analysis" / "width_vs_alignment.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(repo / "analysis")}}).execute()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, [(o["ename"], o["evalue"]) for o in errors]
+    partial = next(c for c in code if "plot_partial_intervals" in c.source)
+    assert any("image/png" in o.get("data", {}) for o in partial.outputs)  # a figure saying why, not an error
+
+
+# --------------------------------------------------------------------------- items 3 and 4: the record on disk
+INTEGRITY = "tests/studies/integrity_study.py"
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory):
+    """The integrity study (two trials) run to its end, untouched: the reference each disturbed copy is compared
+    with, and the copy a user damages."""
+    path = tmp_path_factory.mktemp("undisturbed")
+    run_study(INTEGRITY, path, "--smoke")
+    return path
+
+
+def _damaged_copy(reference, tmp_path, table_dir: str):
+    """A copy of the reference results directory and, in it, the one (compacted) file of ``table_dir``."""
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    (victim,) = (copy / "integrity" / table_dir).glob("*.parquet")
+    return copy, victim
+
+
+def _snapshot(results):
+    return {p.relative_to(results): p.read_bytes() for p in sorted((results / "integrity").rglob("*"))
+            if p.is_file() and "_tune" not in p.parts and p.name != ".eeray.lock"}
+
+
+def _resumed_equals_reference(copy, reference):
+    """--resume, once the damaged file is back, ends with every trial's rows exactly as the undisturbed run's."""
+    from conftest import check_mlflow, rows_of, same_rows
+
+    run_study(INTEGRITY, copy, "--smoke", "--resume")
+    ref = load(reference, "integrity")
+    res = load(copy, "integrity")
+    assert not res.steps.duplicated(["trial_id", "step", "phase"]).any()
+    assert sorted(res.trials.trial_id) == sorted(ref.trials.trial_id)
+    for trial_id in ref.trials.trial_id:
+        assert same_rows(rows_of(copy, "integrity", trial_id), rows_of(reference, "integrity", trial_id)), trial_id
+    check_mlflow(copy, "integrity", ref.trials.trial_name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_record_file_is_an_error_naming_it_and_resume_refuses(undisturbed, tmp_path, damage):
+    """Item 3: a truncated or garbage Parquet file. eeray.results.load dropped it silently (fewer trials and rows,
+    and the report said so); --resume then waited forever for a trial Tune held as done. Now load fails naming
+    the file, and --resume refuses before Ray starts (exit 2), naming it and the choices, touching nothing."""
+    from eeray.results import RecordFileError
+
+    copy, victim = _damaged_copy(undisturbed, tmp_path, "steps/dataset=sine/phase=explore")
+    good = victim.read_bytes()
+    victim.write_bytes(good[:len(good) // 2] if damage == "truncated" else bytes(range(256)) * 8)
+    with pytest.raises(RecordFileError, match=str(victim)):
+        load(copy, "integrity")
+    before = _snapshot(copy)
+    out = run_study(INTEGRITY, copy, "--smoke", "--resume", expect=2)
+    err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "unreadable Parquet file(s)" in err[0], out.stderr
+    assert f"  {victim}: " in out.stderr and "--fresh" in out.stderr and "restore the file(s)" in out.stderr
+    assert "Ray:" not in out.stdout and "Traceback" not in out.stderr  # refused before Ray started
+    assert _snapshot(copy) == before  # nothing deleted, rewritten or compacted by the refusal
+
+    victim.write_bytes(good)  # the first choice: the file restored from a copy
+    _resumed_equals_reference(copy, undisturbed)
+
+
+@pytest.mark.slow
+def test_a_record_file_deleted_by_hand_is_named_at_resume_and_refused(undisturbed, tmp_path):
+    """Item 4: a file of the record deleted by hand, then --resume: it exited 0 with "2 completed" and rows missing.
+    The trials row holds how many rows each trial wrote; --resume compares and refuses, naming the trials."""
+    copy, victim = _damaged_copy(undisturbed, tmp_path, "steps/dataset=sine/phase=exploit")
+    good = victim.read_bytes()
+    ref = load(undisturbed, "integrity")
+    assert (ref.trials.steps_rows == ref.steps.groupby("trial_id").size()[ref.trials.trial_id].to_numpy()).all()
+    exploit = ref.steps[ref.steps.phase == "exploit"].groupby("trial_id").size()
+    victim.unlink()
+    before = _snapshot(copy)
+    out = run_study(INTEGRITY, copy, "--smoke", "--resume", expect=2)
+    err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "lacks rows that its trials wrote" in err[0], out.stderr
+    for trial_id, name, wrote in zip(ref.trials.trial_id, ref.trials.trial_name, ref.trials.steps_rows):
+        assert (f"trial '{name}' ({trial_id}, completed): steps holds {wrote - exploit[trial_id]} of its {wrote} rows"
+                in out.stderr), out.stderr
+    assert "--fresh" in out.stderr and "Ray:" not in out.stdout and "Traceback" not in out.stderr
+    assert _snapshot(copy) == before
+
+    victim.write_bytes(good)
+    _resumed_equals_reference(copy, undisturbed)
+
+
+# --------------------------------------------------------------------------- item 7: where the record is written
+def _run_read_only(path, *args: str):
+    """The study's CLI with ``args``, where ``path`` is read-only: a read-only bind mount in a mount namespace of
+    its own for root (root writes through permission bits: only a read-only mount stops it), its write bits
+    removed for any other user. Returns the CompletedProcess."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / INTEGRITY), *map(str, args)]
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode
+        path.chmod(mode & ~0o222)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        finally:
+            path.chmod(mode)
+    script = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    out = subprocess.run(["unshare", "--mount", "sh", "-c", script, "sh", str(path), *cmd], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
+    assert "mount:" not in out.stderr and "unshare:" not in out.stderr, out.stderr  # the read-only mount was made
+    return out
+
+
+def _one_error_line(out) -> str:
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(errors) == 1, (out.returncode, out.stdout[-2000:], out.stderr[-3000:])
+    assert "Traceback" not in out.stderr and "Ray:" not in out.stdout  # refused before Ray started
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_read_only_destinations_and_a_4000_character_results_dir_are_one_error_line(undisturbed, tmp_path):
+    """Item 7 (rest): a read-only study directory at --resume and a read-only --storage ended in tracebacks
+    (exit 1); a results directory of 4,000 characters retried MLflow's SQLite store for 100 s. Each is now one
+    'error:' line naming the path, exit 2, before Ray starts."""
+    import time
+
+    copy = tmp_path / "copy"
+    shutil.copytree(undisturbed, copy)
+    err = _one_error_line(_run_read_only(copy / "integrity", "--results-dir", copy, "--smoke", "--resume"))
+    assert f"{copy / 'integrity'} is not writable" in err and "choose another --results-dir" in err, err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _one_error_line(_run_read_only(empty, "--results-dir", empty, "--smoke"))
+    assert str(empty) in err and "writable" in err, err
+
+    storage, fresh = tmp_path / "storage", tmp_path / "fresh"
+    storage.mkdir()
+    err = _one_error_line(_run_read_only(storage, "--results-dir", fresh, "--storage", storage, "--smoke"))
+    assert f"--storage {storage}: {storage} is not writable" in err and "choose another --storage" in err, err
+    assert not (fresh / "integrity" / "execution.json").exists() and not any(storage.iterdir())
+
+    deep = tmp_path.joinpath(*["d" * 200] * ((4000 - len(str(tmp_path))) // 201))
+    assert 3800 < len(str(deep)) <= 4000
+    t0 = time.monotonic()
+    out = run_study(INTEGRITY, deep, "--smoke", expect=2)
+    err = _one_error_line(out)
+    assert time.monotonic() - t0 < 60, "refused at once, not after MLflow's retries"
+    assert f"{deep / 'mlflow.db'} would be a path of" in err and "SQLite opens at most 504" in err, err
+    assert not deep.exists()  # nothing created
+
+
+# --------------------------------------------------------------------------- item 8: nothing in the results directory runs
+class _WritesAFile:
+    """A pickle payload: unpickling it calls exec, which writes ``marker`` (what a crafted file could do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('ran')",)
+
+
+@pytest.mark.slow
+def test_a_crafted_searcher_state_is_refused_at_resume_and_runs_nothing(undisturbed, tmp_path):
+    """Item 8: a searcher-state-*.pkl under _tune/ that someone with write access to the results directory crafted.
+    eeray unpickled it with pickle.loads on --resume (and its searcher's restore with pickle.load): the payload ran.
+    Now it is read by a restricted unpickler before Ray starts: refused, naming the file and the global; the marker
+    the payload would write is never created."""
+    import pickle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(undisturbed, copy)
+    state = max((copy / "integrity" / "_tune" / "tune").glob("searcher-state-*.pkl"))
+    good = state.read_bytes()
+    marker = tmp_path / "marker"
+    state.write_bytes(pickle.dumps({"_points": [], "_suggested": _WritesAFile(marker)}))
+    out = run_study(INTEGRITY, copy, "--smoke", "--resume", expect=2)
+    err = _one_error_line(out)
+    assert f"{state}: refused to load builtins.exec" in err and "--fresh" in err, err
+    assert not marker.exists()
+
+    state.write_bytes(good)  # eeray's own state loads through the same reader
+    run_study(INTEGRITY, copy, "--smoke", "--resume")
+    assert not marker.exists()
+
+
+def test_searcher_states_round_trip_through_the_restricted_unpickler(tmp_path):
+    """What eeray's searchers save is what the restricted unpickler resolves: an Optuna-backed grid (completed,
+    failed and open trials) and a points searcher with branching (saved as its segment's name, not the object)."""
+    from ray import tune
+
+    from eeray.raytune import branches
+    from eeray.raytune.safe_pickle import UnsafeState, load_searcher_state
+    from eeray.raytune.searchers import GridOptunaSearch, PointsSearch
+
+    grid = GridOptunaSearch([{"seed": 0}, {"seed": 1}], {"optim.lr": tune.loguniform(1e-3, 1e-1),
+                                                          "model.fc_width": tune.choice([8, 16]),
+                                                          "train.batch_size": tune.randint(8, 64)},
+                            metric="train_error", mode="min", samples_per_point=4, seed=0)
+    for i in range(6):
+        grid.suggest(f"t{i}")
+        if i % 3 == 0:
+            grid.on_trial_complete(f"t{i}", {"train_error": i / 10})
+        elif i % 3 == 1:
+            grid.on_trial_complete(f"t{i}", None, error=True)
+    grid.save(str(tmp_path / "grid.pkl"))
+    again = GridOptunaSearch.__new__(GridOptunaSearch)
+    again.restore(str(tmp_path / "grid.pkl"))
+    assert again._remaining == grid._remaining and again._owner == grid._owner
+    assert again.suggest("t6") is not None  # the restored Optuna studies work
+
+    segment = branches.Branching({}, str(tmp_path / "states"), "tune")
+    points = PointsSearch([{"seed": 0}], segment, ["seed=0"])
+    points.save(str(tmp_path / "points.pkl"))
+    assert load_searcher_state((tmp_path / "points.pkl").read_bytes(), "points.pkl")["_branching"] == "tune"
+    with pytest.raises(UnsafeState, match="refused to load builtins.exec"):
+        load_searcher_state(__import__("pickle").dumps(_WritesAFile(tmp_path / "marker")), "crafted.pkl")
+    assert not (tmp_path / "marker").exists()
+
+
+def test_a_crafted_branch_point_state_is_refused_and_runs_nothing(tmp_path):
+    """Item 8: branch-point states are read with torch.load(weights_only=True), as trial checkpoints are: a state
+    file crafted to run code is refused and the marker it would write is never created."""
+    import pickle
+
+    import torch
+
+    from eeray.branching import BranchStateStore
+
+    store = BranchStateStore(str(tmp_path / "states"))
+    store.put("tree", 5, {"model": {"w": torch.ones(2)}, "step": 5})
+    assert store.get("tree", 5)["step"] == 5  # what put saves loads with weights_only
+    marker = tmp_path / "marker"
+    store.write(store.path("tree", f"{7:09d}.pt"), pickle.dumps({"step": _WritesAFile(marker)}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError):
+        store.get("tree", 7)
+    assert not marker.exists()

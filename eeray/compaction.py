@@ -14,7 +14,7 @@ Exactly once, under a kill at any instant:
    its Parquet metadata names the files it covers (``eeray_covers``);
 2. then the covered files are deleted.
 
-Between 1 and 2 a row is in two visible files; :func:`covered` gives what a reader must skip, and
+Between 1 and 2 a row is in two visible files; :func:`eeray.results.covered` gives what a reader must skip, and
 :func:`eeray.results.load` skips every file a partition file covers, so it counts each row once at every instant.
 A kill between 1 and 2 leaves covered files behind; the next driver (and :func:`finish`) deletes them first
 (:func:`drop_covered`), after which any Parquet reader sees each row once. Files that are not covered are never
@@ -32,20 +32,9 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eeray.results import COMPACTED_PREFIX, PARQUET_TABLES
+from eeray.results import COMPACTED_PREFIX, COVERS_KEY, PARQUET_TABLES, covered
 
 COMPACT_EVERY = 250  # ended trials per compaction: ~12 partition files per partition at 3,000 trials
-COVERS_KEY = b"eeray_covers"
-
-
-def covered(directory: Path) -> set[str]:
-    """Names of the files in ``directory`` that a partition file there covers (to be skipped by readers)."""
-    out: set[str] = set()
-    for part in directory.glob(f"{COMPACTED_PREFIX}*.parquet"):
-        meta = pq.read_schema(part).metadata or {}
-        out.update(json.loads(meta.get(COVERS_KEY, b"[]")))
-    return out
-
 
 def drop_covered(root: Path) -> int:
     """Delete the files a partition file covers (left by a kill between its rename and their deletion)."""

@@ -32,9 +32,11 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from eeray.config import TrialConfig
+from eeray.errors import is_number
 
 SCHEMA_VERSION = 1
 COMPACTED_PREFIX = "part-"  # a compacted file (eeray.compaction); never a trial id (Tune's are hex)
+COVERS_KEY = b"eeray_covers"  # a compacted file's metadata: the names of the files whose rows it holds
 PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
 PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
               "safety": ("dataset", "kind")}
@@ -153,7 +155,7 @@ def _plain(value: Any, typ: pa.DataType) -> Any:
         return None  # NaN means "not computed" in a record; in an int/bool/string column that is null
     if typ == _S and not isinstance(value, str):
         return json.dumps(value, sort_keys=True, default=str)
-    if typ == _F and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if typ == _F and is_number(value, finite=False):
         return float(value)
     if typ == _I and isinstance(value, float) and value.is_integer():
         return int(value)
@@ -260,12 +262,20 @@ class RecordFileError(ValueError):
                          "execution) or into another --results-dir")
 
 
+def covered(directory: Path) -> set[str]:
+    """Names of the files in ``directory`` that a partition file there covers (to be skipped by readers): the
+    partition file's Parquet metadata names them (``COVERS_KEY``; written by :mod:`eeray.compaction`)."""
+    out: set[str] = set()
+    for part in directory.glob(f"{COMPACTED_PREFIX}*.parquet"):
+        meta = pq.read_schema(part).metadata or {}
+        out.update(json.loads(meta.get(COVERS_KEY, b"[]")))
+    return out
+
+
 def record_files(results_dir: str | os.PathLike, study: str, table: str) -> list[str]:
     """The files that hold the table's rows, each row in exactly one: every visible ``.parquet`` file but those a
     partition file covers (compaction). A partition file whose metadata cannot be read is a
     :class:`RecordFileError` naming it (which files it covers is unknown, so no reading can go on)."""
-    from eeray.compaction import covered
-
     path = Path(results_dir) / study / table
     if not path.exists():
         return []

@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any, Mapping
 
+import numpy as np
+
 from eeray.config import EEConfig, OptimConfig, TrialConfig, to_flat
 
 PREFIX = "cfg."
@@ -97,7 +99,7 @@ def decode(key: str, value: Any, tp: Any) -> Any:
     if _null(value):
         raise RecordError(_why(key, value, f"null, but the field ({_name(tp)}) is not optional"))
     if tp is bool:
-        if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
+        if _is_bool(value):
             return bool(value)
     elif tp is int:
         if isinstance(value, numbers.Integral) and not _is_bool(value):
@@ -148,7 +150,7 @@ def _null(value: Any) -> bool:
 
 
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_"
+    return isinstance(value, (bool, np.bool_))  # numpy's is not a subclass of bool (nor of int)
 
 
 def _name(tp: Any) -> str:

@@ -12,6 +12,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import numpy as np
+
 TABLES = ("steps", "diagnostics", "safety", "trials")  # compared in this order: the per-step ones first
 # the order rows are compared in: eeray.results.ROW_ORDER, then what tells a step's safety rows apart
 KEYS = {"trials": ("trial_id",), "steps": ("trial_id", "step", "phase"),
@@ -79,8 +81,8 @@ def first_difference(table: str, recorded, rerun) -> Difference | None:
             first = (i, j)
     if first is not None:
         i, j = first
-        return Difference(table, i, _key(recorded, keys, i), columns[j], recorded[columns[j]].iloc[i],
-                          rerun[columns[j]].iloc[i])
+        return Difference(table, i, _key(recorded, keys, i), columns[j], _plain(recorded[columns[j]].iloc[i]),
+                          _plain(rerun[columns[j]].iloc[i]))
     if len(recorded) != len(rerun):
         longer = recorded if len(recorded) > len(rerun) else rerun
         return Difference(table, n, _key(longer, keys, n), None, f"{len(recorded)} rows", f"{len(rerun)} rows")
@@ -107,4 +109,4 @@ def _null(v: Any) -> bool:
 
 
 def _is_bool(v: Any) -> bool:
-    return isinstance(v, bool) or type(v).__name__ == "bool_"
+    return isinstance(v, (bool, np.bool_))  # numpy's is not a subclass of bool

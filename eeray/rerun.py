@@ -109,13 +109,17 @@ def report(r: Rerun) -> str:
              "not compared (timings; in trials also where and as what it ran): " + "; ".join(
                  f"{t}: {', '.join(excluded(t, schema(t).names))}" for t in TABLES)]
     if r.equal:
-        lines.append("equal: " + ", ".join(f"{n} rows in {t}" for t, n in r.rows.items()))
+        lines.append("equal: " + ", ".join(_rows(n, t) for t, n in r.rows.items()))
     else:
         lines += ["different: " + d.describe() for d in r.differences.values() if d is not None]
-        same = [f"{r.rows[t]} rows in {t}" for t, d in r.differences.items() if d is None]
+        same = [_rows(r.rows[t], t) for t, d in r.differences.items() if d is None]
         if same:
             lines.append("equal: " + ", ".join(same))
     return "\n".join(lines)
+
+
+def _rows(n: int, table: str) -> str:
+    return f"{n} row{'' if n == 1 else 's'} in {table}"
 
 
 def as_json(r: Rerun) -> dict[str, Any]:

@@ -37,6 +37,7 @@ class Rerun:
     trial_id: str
     trial_name: str
     device: str  # what the re-run ran on
+    recorded_device: Any  # what the record says the trial ran on
     threads: int
     seconds: float
     rows: dict[str, int]  # table -> rows compared (the record's)
@@ -49,8 +50,8 @@ class Rerun:
 
 def rerun(results_dir: str, study: str, trial: str, *, threads: int | None = None) -> Rerun:
     """Rebuild ``trial`` (trial_id or trial_name) of ``study`` from its record, run it here, compare. ``threads``:
-    torch's CPU threads (default: the count the record's ``hardware`` column names, which the float sums depend
-    on)."""
+    torch's CPU threads, set for this process (default: the count the record's ``hardware`` column names, which
+    the float sums depend on)."""
     import torch
 
     from eeray.trial import pick_device, run_trial  # torch and the training loop: only once the input is good
@@ -87,7 +88,7 @@ def rerun(results_dir: str, study: str, trial: str, *, threads: int | None = Non
     summary = {k: v for k, v in result.summary.items() if k != "status"}
     rerun_rows["trials"] = _frame("trials", study, tid, config, [
         {**summary, "trial_name": row["trial_name"], **{f"cfg.{k}": v for k, v in to_flat(config).items()}}])
-    return Rerun(study, tid, row["trial_name"], str(device), threads, seconds,
+    return Rerun(study, tid, row["trial_name"], str(device), row.get("device"), threads, seconds,
                  {t: len(recorded[t]) for t in TABLES}, compare(recorded, rerun_rows))
 
 
@@ -108,6 +109,9 @@ def report(r: Rerun) -> str:
              f"{r.threads} thread(s), {r.seconds:.1f} s",
              "not compared (timings; in trials also where and as what it ran): " + "; ".join(
                  f"{t}: {', '.join(excluded(t, schema(t).names))}" for t in TABLES)]
+    if r.recorded_device != r.device:  # e.g. recorded on cuda:0, re-run on a CPU-only machine
+        lines.append(f"note: the record ran on {r.recorded_device}, this re-run on {r.device}: other kernels, so "
+                     "bitwise equality is not expected")
     if r.equal:
         lines.append("equal: " + ", ".join(_rows(n, t) for t, n in r.rows.items()))
     else:

@@ -18,7 +18,9 @@ def test_every_trial_failed_exits_3_with_a_summary_that_says_so_and_the_notebook
     """Item 6: the width sweep with every trial diverging. The study's own summary (width_sweep.summarize: the
     association, stability and survival tables) and analysis/width_vs_alignment.ipynb crashed on a record with no
     completed trial ("'association' is not in list"), turning exit 3 into a traceback and exit 1."""
-    out = run_study(ALL_FAILED, tmp_path, "--smoke", expect=3)
+    # its own Ray: the trials import width_sweep (the study's summarize) through the PYTHONPATH the study file sets,
+    # which only a Ray started by this driver inherits
+    out = run_study(ALL_FAILED, tmp_path, "--smoke", expect=3, own_ray=True)
     res = load(tmp_path, "all_failed")
     assert len(res.trials) == 3 and set(res.trials.status) == {"failed"}
     assert res.trials.failure_reason.str.contains("training loss is").all()
@@ -270,7 +272,7 @@ def test_a_crafted_branch_point_state_is_refused_and_runs_nothing(tmp_path):
 
     import torch
 
-    from eeray.branching import BranchStateStore
+    from eeray.branch_states import BranchStateStore
 
     store = BranchStateStore(str(tmp_path / "states"))
     store.put("tree", 5, {"model": {"w": torch.ones(2)}, "step": 5})

@@ -39,6 +39,7 @@ SCHEMA_VERSION_KEY = b"eeray_schema_version"  # every file's Parquet metadata: t
 # columns renamed since version 1, per table: old name -> new name. :func:`load` (and compaction) read a file
 # written under an older version with its columns renamed, so old records load under today's names.
 RENAMED = {"diagnostics": {"N": "gram_size"}}
+EMPTY_FILE = "part-empty.parquet"  # a table with no rows: no rows, the table's schema (outside readers' globs)
 COMPACTED_PREFIX = "part-"  # a compacted file (eeray.compaction); never a trial id (Tune's are hex)
 COVERS_KEY = b"eeray_covers"  # a compacted file's metadata: the names of the files whose rows it holds
 PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
@@ -239,6 +240,23 @@ class ResultsWriter:
         full = {"study": self.study, "trial_id": trial_id, **row}
         path = self.root / "trials" / f"dataset={dataset}" / f"{trial_id}.parquet"
         return self._write(path, to_table("trials", [full]))
+
+    def write_empty_tables(self, dataset: str) -> list[Path]:
+        """For each table with no rows on disk, an empty file with the table's schema (:data:`EMPTY_FILE`), so a
+        glob over the table (DuckDB's ``read_parquet``, polars' ``scan_parquet``) reads zero rows with every column
+        instead of failing on a folder that does not exist. It goes in a partition directory (``dataset`` and the
+        first value of the second key) because hive-partitioned readers refuse files with differing partition
+        keys. It holds no rows, so row counts (``<table>_rows``, :mod:`eeray.record_check`) are unchanged; its
+        name starts with ``part-``, so it is never taken for a trial's chunk (deleted, compacted or counted)."""
+        written = []
+        for table in PARQUET_TABLES:
+            base = self.root / table
+            if base.exists() and any(not p.name.startswith((".", "_")) for p in base.rglob("*.parquet")):
+                continue
+            second = {"steps": "phase=explore", "diagnostics": "phase=explore", "safety": "kind=assumption4"}
+            path = base / f"dataset={dataset}" / second.get(table, "") / EMPTY_FILE
+            written.append(self._write(path, schema(table).empty_table()))
+        return written
 
     def chunk_files(self) -> Iterable[tuple[str, Path]]:
         """(trial id, path) of every chunk file (``<trial_id>-<chunk>.parquet``) of steps, diagnostics, safety."""

@@ -260,6 +260,8 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         if cluster.started:
             ray.shutdown()
         recorder.compact()  # the rest of this run's done trials: the record stays a few files per partition
+        # a table no trial wrote to reads as empty with its schema, not as a missing folder (outside readers)
+        recorder.writer.write_empty_tables(study.base.data.name)
         wall = time.perf_counter() - t0
         faults.reached("study_end")
         status = {"completed": "FINISHED", "trials_failed": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")

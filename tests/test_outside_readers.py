@@ -209,6 +209,12 @@ def test_a_version_1_record_loads_with_n_renamed(tmp_path):
     # DuckDB reads today's file with n and gram_size apart (m_y = 3: a merged column would show n twice)
     got = duckdb.sql(f"SELECT n, gram_size FROM read_parquet('{directory}/bb-0.parquet')").fetchall()
     assert got == [(5, 15), (5, 15)]
+    # polars, as the page says for a version-1 record: each file read alone, joined by name, N taken as gram_size
+    files = sorted(directory.glob("*.parquet"))
+    frame = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").with_columns(
+        gram_size=pl.coalesce("gram_size", "N")).drop("N").collect()
+    assert sorted(zip(frame["trial_id"], frame["n"], frame["gram_size"])) == [("aa", 4, 12)] * 2 + [("bb", 5, 15)] * 2
+    assert 'pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")' in DOC.read_text(encoding="utf-8")
     compaction.compact(sorted(directory.glob("*.parquet")))
     (part,) = directory.glob("part-*.parquet")
     stored = pq.read_schema(part)

@@ -95,4 +95,6 @@ def write_results(results_dir: str, study: str, names: Sequence[str], configs: S
                                     "trunk_trial_id": None if r.trunk is None else ids[r.trunk],
                                     "branch_step": r.branch_step,
                                     **{f"cfg.{k}": v for k, v in to_flat(cfg).items()}}, cfg.data.name)
+    if configs:  # a table no trial wrote to: an empty file with its schema, as the driver leaves it
+        writer.write_empty_tables(configs[0].data.name)
     return ids

@@ -32,7 +32,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eeray.results import COMPACTED_PREFIX, COVERS_KEY, PARQUET_TABLES, covered
+from eeray.results import COMPACTED_PREFIX, COVERS_KEY, PARQUET_TABLES, covered, upgrade
 
 COMPACT_EVERY = 250  # ended trials per compaction: ~12 partition files per partition at 3,000 trials
 
@@ -57,7 +57,9 @@ def compact(files: Iterable[Path]) -> int:
     n = 0
     for directory, group in sorted(by_dir.items()):
         group = sorted(group)
-        tables = [pq.read_table(f) for f in group]
+        # a file of an older schema version (a resumed older execution) gets today's column names: a partition
+        # file never holds one column under two names
+        tables = [upgrade(_table_of(f), pq.read_table(f)) for f in group]
         # files written before a column was added (a resumed older execution) lack it: it is null there, and
         # every column any file has is kept (promote), so nothing is dropped and no cast can fail
         table = pa.concat_tables(tables, promote_options="default")
@@ -72,6 +74,11 @@ def compact(files: Iterable[Path]) -> int:
             f.unlink()
         n += len(group)
     return n
+
+
+def _table_of(path: Path) -> str:
+    """The table a record file belongs to: the directory under the study named like one of the tables."""
+    return next(p for p in reversed(path.parts) if p in PARQUET_TABLES)
 
 
 def _partition_dirs(root: Path) -> Iterable[Path]:

@@ -34,7 +34,12 @@ import pyarrow.parquet as pq
 from eeray.config import TrialConfig
 from eeray.errors import is_number
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: diagnostics ``N`` became ``gram_size`` (readers that ignore case saw two columns ``n``)
+SCHEMA_VERSION_KEY = b"eeray_schema_version"  # every file's Parquet metadata: the version it was written under
+# columns renamed since version 1, per table: old name -> new name. :func:`load` (and compaction) read a file
+# written under an older version with its columns renamed, so old records load under today's names.
+RENAMED = {"diagnostics": {"N": "gram_size"}}
+EMPTY_FILE = "part-empty.parquet"  # a table with no rows: no rows, the table's schema (outside readers' globs)
 COMPACTED_PREFIX = "part-"  # a compacted file (eeray.compaction); never a trial id (Tune's are hex)
 COVERS_KEY = b"eeray_covers"  # a compacted file's metadata: the names of the files whose rows it holds
 PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
@@ -124,6 +129,7 @@ def _diagnostics_schema() -> pa.Schema:
     from eeray.diagnostics.spectral import KAPPAS
 
     fields = _KEY + [("phase", _S)] + _dataclass_fields(AlignmentReport, ("energy", "certificate", "extra"))
+    # (``gram_size`` is n·m_y, the paper's N: a column named ``N`` beside ``n`` is one column to DuckDB)
     fields += [(f"energy_{k:.0e}", _F) for k in KAPPAS]
     fields += _dataclass_fields(Certificate, prefix="cert_")
     fields += [("q_t", _I), ("q_evaluations", _I), ("delta_m_ref_step", _I), ("delta_m_fro_sq", _F),
@@ -146,7 +152,35 @@ def schema(table: str) -> pa.Schema:
             "safety": _safety_schema}[table]()
     if "dataset" not in base.names:
         base = base.append(pa.field("dataset", _S))
-    return base.with_metadata({"eeray_schema_version": str(SCHEMA_VERSION), "eeray_table": table})
+    return base.with_metadata({SCHEMA_VERSION_KEY.decode(): str(SCHEMA_VERSION), "eeray_table": table})
+
+
+def upgrade(table: str, data: pa.Table) -> pa.Table:
+    """``data`` (rows of ``table`` as some file stored them) under today's column names: a column an older schema
+    version named otherwise (:data:`RENAMED`) is renamed, or merged into today's column where a read gave both
+    (an Arrow dataset read with a schema holding both names: null in the files that lack one)."""
+    for old, new in RENAMED.get(table, {}).items():
+        if old not in data.column_names:
+            continue
+        values = data.column(old)
+        if new in data.column_names:
+            import pyarrow.compute as pc
+
+            data = data.set_column(data.column_names.index(new), data.field(new),
+                                   pc.coalesce(data.column(new), values)).drop_columns([old])
+        else:
+            data = data.set_column(data.column_names.index(old), pa.field(new, values.type), values)
+        meta = data.schema.metadata
+        if meta and SCHEMA_VERSION_KEY in meta:  # its columns are today's now (a partition file says so)
+            data = data.replace_schema_metadata({**meta, SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode()})
+    return data
+
+
+def _with_old_names(table: str, sch: pa.Schema) -> pa.Schema:
+    """``sch`` plus the columns older schema versions had under other names, so a dataset read sees them too."""
+    for old, new in RENAMED.get(table, {}).items():
+        sch = sch.append(pa.field(old, sch.field(new).type))
+    return sch
 
 
 # --------------------------------------------------------------------------- writing
@@ -206,6 +240,23 @@ class ResultsWriter:
         full = {"study": self.study, "trial_id": trial_id, **row}
         path = self.root / "trials" / f"dataset={dataset}" / f"{trial_id}.parquet"
         return self._write(path, to_table("trials", [full]))
+
+    def write_empty_tables(self, dataset: str) -> list[Path]:
+        """For each table with no rows on disk, an empty file with the table's schema (:data:`EMPTY_FILE`), so a
+        glob over the table (DuckDB's ``read_parquet``, polars' ``scan_parquet``) reads zero rows with every column
+        instead of failing on a folder that does not exist. It goes in a partition directory (``dataset`` and the
+        first value of the second key) because hive-partitioned readers refuse files with differing partition
+        keys. It holds no rows, so row counts (``<table>_rows``, :mod:`eeray.record_check`) are unchanged; its
+        name starts with ``part-``, so it is never taken for a trial's chunk (deleted, compacted or counted)."""
+        written = []
+        for table in PARQUET_TABLES:
+            base = self.root / table
+            if base.exists() and any(not p.name.startswith((".", "_")) for p in base.rglob("*.parquet")):
+                continue
+            second = {"steps": "phase=explore", "diagnostics": "phase=explore", "safety": "kind=assumption4"}
+            path = base / f"dataset={dataset}" / second.get(table, "") / EMPTY_FILE
+            written.append(self._write(path, schema(table).empty_table()))
+        return written
 
     def chunk_files(self) -> Iterable[tuple[str, Path]]:
         """(trial id, path) of every chunk file (``<trial_id>-<chunk>.parquet``) of steps, diagnostics, safety."""
@@ -315,13 +366,17 @@ def _dataset(results_dir: str | os.PathLike, study: str, table: str) -> "pads.Da
         return None
     sch = schema(table)
     parts = pads.partitioning(pa.schema([sch.field(k) for k in PARTITIONS[table]]), flavor="hive")
-    return pads.dataset(files, schema=sch, format="parquet", partitioning=parts,
+    # files of an older schema version may hold a column under its old name: read it too (upgrade renames it)
+    return pads.dataset(files, schema=_with_old_names(table, sch), format="parquet", partitioning=parts,
                         partition_base_dir=str(Path(results_dir) / study / table))
 
 
 def _read(ds: "pads.Dataset", table: str, columns=None, filter=None) -> pa.Table:
+    if columns is not None:  # a renamed column may be stored under its old name in older files
+        columns = list(columns)
+        columns += [old for old, new in RENAMED.get(table, {}).items() if new in columns and old not in columns]
     try:
-        return ds.to_table(columns=None if columns is None else list(columns), filter=filter)
+        return upgrade(table, ds.to_table(columns=columns, filter=filter))
     except (pa.ArrowException, OSError) as exc:
         # which file: each is read whole (this is the error path only); the dataset's error names none of them
         bad = _unreadable(ds.files)

@@ -57,7 +57,7 @@ def test_pool_alignment_report_equals_local(pool, method):
     p, model, x, y = pool
     local = alignment_report(model, x, y, "ce", method=method, certificate=True).to_record()
     remote = p.alignment_report(model, x, y, "ce", method=method, certificate=True).to_record()
-    for key in ("method", "N", "d", "aligned", "rank", "second_aligned", "disagree", "cert_valid"):
+    for key in ("method", "gram_size", "d", "aligned", "rank", "second_aligned", "disagree", "cert_valid"):
         assert remote[key] == local[key], key
     # dense: identical up to summation order. Matrix-free: the Krylov iterates differ only by summation order,
     # but an aligned ρ is only resolved to ~tol/100 (LSQR stops there), so compare it as a bound.

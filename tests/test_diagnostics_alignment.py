@@ -42,7 +42,7 @@ def test_rank_deficient_mse_case_exact_residual(outside_fraction):
     y = inside @ torch.tensor([3.0, -1.0], dtype=torch.float64)  # in Col(X)
     y = y / y.norm() * math.sqrt(1 - outside_fraction) + outside[:, 0] * math.sqrt(outside_fraction)  # ‖y‖ = 1
     rep = alignment_report(linear_model(torch.randn(1, 3, generator=gen(1), dtype=torch.float64)), x, y, "mse")
-    assert (rep.method, rep.N, rep.d, rep.rank) == ("dense", 6, 3, 2)
+    assert (rep.method, rep.gram_size, rep.d, rep.rank) == ("dense", 6, 3, 2)
     assert rep.residual == pytest.approx(outside_fraction, abs=1e-15)
     assert abs(rep.lambda_min) <= rep.rank_threshold
     assert rep.aligned == (outside_fraction <= 1e-8)
@@ -72,7 +72,7 @@ def test_multi_output_ce_uses_kronecker_structure():
     rep = alignment_report(model, x, labels, "ce")
     y_l = 2 * torch.nn.functional.one_hot(labels, 2).double() - 1  # (n, 2); each column projected on Col(X)
     resid = y_l - inside @ (inside.T @ y_l)
-    assert (rep.N, rep.rank) == (10, 4)  # rank(X ⊗ I_2) = 2·2
+    assert (rep.gram_size, rep.rank) == (10, 4)  # rank(X ⊗ I_2) = 2·2
     assert rep.residual == pytest.approx(float((resid ** 2).sum() / (y_l ** 2).sum()), rel=1e-12)
 
 
@@ -110,7 +110,7 @@ def test_auto_method_falls_back_to_matrix_free_under_a_small_budget():
     rep = alignment_report(small_net(2), x, y, "ce", memory_budget_bytes=20_000)  # 4·N²·8 = 28,800 > budget
     assert rep.method == "matrix_free" and not rep.aligned
     rec = rep.to_record()
-    assert rec["method"] == "matrix_free" and rec["N"] == 30 and rec["d"] == 19 and math.isnan(rec["energy_1e-08"])
+    assert rec["method"] == "matrix_free" and rec["gram_size"] == 30 and rec["d"] == 19 and math.isnan(rec["energy_1e-08"])
     assert rec["rank"] == -1 and rec["residual"] == pytest.approx(alignment_report(small_net(2), x, y, "ce").residual,
                                                                   rel=1e-6)
 

@@ -10,7 +10,7 @@ from eeray.records import MemorySink
 from eeray.trial import run_trial
 
 pytestmark = pytest.mark.ray
-KEYS = ("step", "phase", "q_t", "aligned", "rank", "method", "N", "d")
+KEYS = ("step", "phase", "q_t", "aligned", "rank", "method", "gram_size", "d")
 
 
 @pytest.fixture(scope="module")

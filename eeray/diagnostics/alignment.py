@@ -85,7 +85,7 @@ class AlignmentReport:
     loss: str
     n: int
     m_y: int
-    N: int  # n·m_y
+    gram_size: int  # N = n·m_y, the size of M (not "N": a column beside "n" to case-blind readers)
     d: int  # number of parameters in the Jacobian
     tol: float  # membership tolerance: aligned ⟺ residual ≤ tol
     residual: float  # ρ = ‖(I − P)vec(Y_ℓ)‖² / ‖vec(Y_ℓ)‖²
@@ -158,7 +158,8 @@ def report_from_backend(backend, y: torch.Tensor, loss: str, options: AlignmentO
     chosen = _choose(backend, m_y, memory_budget_bytes, method)
     nu = backend.nu(list(options.linear_params or default_linear_params(backend.model))) if certificate else None
     j_nu = backend.jvp_vector(nu, m_y) if nu is not None else None  # (N,) Jν
-    common = dict(loss=loss, n=n, m_y=m_y, N=n * m_y, d=backend.d, tol=tol, memory_budget_bytes=memory_budget_bytes)
+    common = dict(loss=loss, n=n, m_y=m_y, gram_size=n * m_y, d=backend.d, tol=tol,
+                  memory_budget_bytes=memory_budget_bytes)
     if chosen == "dense":
         rep, gram, quad = _dense(backend, v, m_y, memory_budget_bytes, j_nu, common, keep_gram, options.seed)
     else:

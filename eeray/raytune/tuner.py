@@ -253,6 +253,9 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
             pass
         finished = dict(recorder.ended)
+        # a table no trial wrote to reads as empty with its schema, not as a missing folder (outside readers); only
+        # after the trials ran (or were interrupted): a driver that fails with an error adds nothing to the record
+        recorder.writer.write_empty_tables(study.base.data.name)
         unfinished = expected - len(finished)
         failed = sum(s == "failed" for s in finished.values())
         outcome = "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")

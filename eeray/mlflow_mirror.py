@@ -105,12 +105,37 @@ def varied_params(trials: Mapping[str, Mapping[str, Any]], search: Iterable[str]
             and (k in set(search) or len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1)]
 
 
-def definition_varied(definition: Mapping[str, Any]) -> list[str]:
-    """:func:`varied_params` of an execution.json ``definition``."""
-    return varied_params(definition["trials"], definition.get("settings", {}).get("search") or {})
+def _numeric(v: Any) -> bool:
+    """As MLflow's UI reads a logged parameter (JavaScript ``!isNaN(Number(value))``): "None", "True" are not."""
+    try:
+        float(str(v))
+    except ValueError:
+        return False
+    return True
 
 
-def view_state(study: str, execution: str, varied: Sequence[str]) -> dict[str, Any]:
+def plotted_params(trials: Mapping[str, Mapping[str, Any]], varied: Sequence[str]) -> list[str]:
+    """The varied parameters a parallel-coordinates plot can take without losing trials: MLflow 3.17 drops every
+    run whose value is not a number on an axis where most are (main.*.js module 57990), so an axis such as
+    ee.m_H_factor, None for the standard trials, would hide them; those stay table columns only. Searched keys
+    (not in the configs) are numbers."""
+    configs = list(trials.values())
+
+    def all_or_none_numeric(k: str) -> bool:
+        numeric = {_numeric(c.get(k)) for c in configs if k in c}
+        return len(numeric) <= 1
+    return [k for k in varied if all_or_none_numeric(k)]
+
+
+def definition_view(definition: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The ``varied`` and ``plotted`` parameters of :meth:`MlflowTracker.start_study` for an execution.json
+    ``definition``."""
+    varied = varied_params(definition["trials"], definition.get("settings", {}).get("search") or {})
+    return {"varied": varied, "plotted": plotted_params(definition["trials"], varied)}
+
+
+def view_state(study: str, execution: str, varied: Sequence[str], plotted: Sequence[str] | None = None
+               ) -> dict[str, Any]:
     """The runs page's state for one study execution (see VIEW_TAG_PREFIX); keys as MLflow 3.17 names them."""
     section = "eeray-study"
     return {
@@ -127,7 +152,8 @@ def view_state(study: str, execution: str, varied: Sequence[str]) -> dict[str, A
                "deleted": False, "isGenerated": True} for n in ("Model metrics", "System metrics"))],
         "compareRunCharts": [
             {"uuid": "eeray-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section,
-             "deleted": False, "isGenerated": False, "showAllRuns": True, "selectedParams": list(varied),
+             "deleted": False, "isGenerated": False, "showAllRuns": True,
+             "selectedParams": list(varied if plotted is None else plotted),
              "selectedMetrics": [VIEW_METRICS[0]]}],
     }
 
@@ -186,11 +212,11 @@ class MlflowTracker:
 
     # ----------------------------------------------------------------------- the study's parent run
     def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str],
-                    varied: Sequence[str] = ()) -> str:
+                    varied: Sequence[str] = (), plotted: Sequence[str] | None = None) -> str:
         """Create the parent run of this study execution, or reopen it when the execution continues; save the
-        execution's view of the runs page (:func:`view_state`, ``varied``: :func:`varied_params`)."""
+        execution's view of the runs page (:func:`view_state`; ``varied``, ``plotted``: :func:`definition_view`)."""
         self.execution = execution
-        self._save_view(execution, varied)
+        self._save_view(execution, varied, plotted)
         found = self._search(f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{ROLE_TAG}` = '{PARENT}'")
         old = not found and self._search(
             f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{STUDY_TAG}` = '{PARENT}'")
@@ -287,7 +313,7 @@ class MlflowTracker:
     def _tags(self, execution: str, role: str) -> dict[str, str]:
         return {STUDY_TAG: self.study, ROLE_TAG: role, EXECUTION_TAG: execution}
 
-    def _save_view(self, execution: str, varied: Sequence[str]) -> None:
+    def _save_view(self, execution: str, varied: Sequence[str], plotted: Sequence[str] | None) -> None:
         """The execution's saved view (an experiment tag), written once: a view the user overrode in MLflow's UI
         is theirs; its timestamps are the execution's start, so a resumed driver or a sync writes the same tag."""
         key = VIEW_TAG_PREFIX + view_key(execution)
@@ -296,7 +322,7 @@ class MlflowTracker:
         at = self.time_origin_ms or int(time.time() * 1000)
         self.client.set_experiment_tag(self.experiment_id, key, json.dumps(
             {"name": f"{self.study} {execution}", "createdAt": at, "updatedAt": at,
-             "state": json.dumps(view_state(self.study, execution, varied))}))
+             "state": json.dumps(view_state(self.study, execution, varied, plotted))}))
 
     def _existing(self, run_id: str) -> set[tuple[str, int]]:
         """(key, step) of every point the run holds: read from MLflow once per process, kept up to date after."""

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, MlflowTracker, default_tracking_uri, definition_varied,
+from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, MlflowTracker, default_tracking_uri, definition_view,
                                  metric_points)
 from eeray.results import load
 from eeray.run_lock import StudyLock, StudyLocked
@@ -40,7 +40,7 @@ def sync(results_dir: str | Path, study: str, tracking_uri: str | None = None) -
                       {"profile": meta["profile"], "trials": len(meta["definition"]["trials"]),
                        "fingerprint": meta["fingerprint"]},
                       {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]},
-                      definition_varied(meta["definition"]))
+                      **definition_view(meta["definition"]))
         counts = {"runs": 0, "points": 0}
         ended = {r["trial_id"]: r for r in res.trials.to_dict("records")}
         for trial_id in sorted(set(res.steps.trial_id) | set(ended)):

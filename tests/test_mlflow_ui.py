@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_server
 from eeray.mlflow_mirror import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, VIEW_TAG_PREFIX, MlflowTracker, classic_view_url,
-                                 metric_points, varied_params, view_key)
+                                 definition_view, metric_points, varied_params, view_key)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHILD_RUNS_SHOWN = 10  # the parent run page lists this many child runs, then a "Load more" button
@@ -309,6 +309,16 @@ def test_varied_params_are_the_keys_that_differ_seeds_left_out():
               "b": {"ee.enabled": False, "optim.lr": 0.1, "seed": 1, "data.seed": 1, "model.w": [1, 3]}}
     assert varied_params(trials) == ["ee.enabled", "model.w"]
     assert varied_params(trials, {"optim.lr": None}) == ["ee.enabled", "model.w", "optim.lr"]  # searched: varies
+
+
+def test_the_plot_leaves_out_axes_on_which_mlflow_would_drop_trials():
+    """ee.m_H_factor is None for standard trials: MLflow would drop them from the plot (most values numeric)."""
+    trials = {"ee c=2": {"ee.enabled": True, "ee.m_H_factor": 2.0, "model.lenet_mc": 1, "data.name": "a"},
+              "ee c=4": {"ee.enabled": True, "ee.m_H_factor": 4.0, "model.lenet_mc": 2, "data.name": "b"},
+              "standard": {"ee.enabled": False, "ee.m_H_factor": None, "model.lenet_mc": 1, "data.name": "a"}}
+    view = definition_view({"trials": trials, "settings": {"search": {"optim.lr": {}}}})
+    assert view == {"varied": ["data.name", "ee.enabled", "ee.m_H_factor", "model.lenet_mc", "optim.lr"],
+                    "plotted": ["data.name", "ee.enabled", "model.lenet_mc", "optim.lr"]}
 
 
 def test_a_child_runs_metric_charts_are_drawn_not_loading(mirror_ui, devtools):

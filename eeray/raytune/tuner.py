@@ -45,7 +45,7 @@ from ray import tune  # noqa: E402
 from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, Mirror, MlflowTracker, classic_view_url, default_tracking_uri,  # noqa: E402
-                                 definition_varied, ui_command, view_key)
+                                 definition_view, ui_command, view_key)
 from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
                                         unsafe_searcher_state)
@@ -361,7 +361,7 @@ def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> Mlfl
                                             {k: list(v) for k, v in study.grid.items()}, default=str),
                          "variants": json.dumps(list(study.variants))},
                         {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]},
-                        definition_varied(meta["definition"]))
+                        **definition_view(meta["definition"]))
     return tracker
 
 

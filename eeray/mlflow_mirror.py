@@ -99,10 +99,10 @@ def varied_params(trials: Mapping[str, Mapping[str, Any]], search: Iterable[str]
     """The parameters the study varies: config keys whose value differs between its trials (``trials``: name ->
     flat config, execution.json's definition) and the searched keys. Seeds are left out: they replicate a point
     rather than vary it (their spread shows on the error axis)."""
-    configs = list(trials.values())
-    keys = sorted({k for c in configs for k in c} | set(search))
+    configs, searched = list(trials.values()), set(search)
+    keys = sorted({k for c in configs for k in c} | searched)
     return [k for k in keys if not k.rsplit(".", 1)[-1].endswith("seed")
-            and (k in set(search) or len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1)]
+            and (k in searched or len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1)]
 
 
 def _numeric(v: Any) -> bool:

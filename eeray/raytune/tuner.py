@@ -44,8 +44,8 @@ from ray import tune  # noqa: E402
 
 from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
-from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, Mirror, MlflowTracker, classic_view_url, default_tracking_uri,  # noqa: E402
-                                 definition_view, ui_command, view_key)
+from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, Mirror, MlflowTracker, classic_view_url,  # noqa: E402
+                                 default_tracking_uri, definition_view, ui_command, view_key)
 from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
                                         unsafe_searcher_state)

@@ -258,6 +258,21 @@ def test_the_printed_address_opens_the_studys_runs_in_a_fresh_browser(mirror_ui,
         assert genai not in text
 
 
+def test_the_width_sweeps_printed_address_lists_its_parent_and_every_trial(width_smoke, mlflow_ui, devtools):
+    """The address the width-sweep smoke printed under its mlflow ui command (on this test's server instead of
+    port 5000), in a fresh browser profile: the parent run and all twelve trials, by name, parent first."""
+    _, stdout = width_smoke
+    base, eid, parent, children = mlflow_ui
+    lines = stdout.splitlines()
+    ui = next(i for i, line in enumerate(lines) if " -m mlflow ui " in line)
+    printed = lines[ui + 1].strip()
+    assert printed.startswith("http://127.0.0.1:5000/#/experiments/") and "workflowType=machine_learning" in printed
+    names = {parent.info.run_id: parent.info.run_name, **children}
+    dom = devtools.wait_for(printed.replace("http://127.0.0.1:5000", base), lambda d: _run_links(d, eid) == names)
+    assert re.findall(rf'href="#/experiments/{eid}/runs/([0-9a-f]{{32}})"', dom)[0] == parent.info.run_id
+    assert "13 matching runs" in _text(dom)
+
+
 def test_the_chart_view_plots_what_the_study_varies_against_the_final_training_error(mirror_ui, devtools):
     """The printed address's chart (compare) view, fresh browser: the first chart is a parallel-coordinates plot
     whose axes are the varied parameter (ee.enabled; optim.lr is equal, seeds replicate) and final_train_error."""

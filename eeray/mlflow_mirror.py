@@ -22,10 +22,13 @@ Embedded default: SQLite under the results directory; ``MLFLOW_TRACKING_URI`` po
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote
 
 # bounded requests: MLflow's defaults (120 s timeout, 7 retries with backoff) block a study for minutes
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -39,7 +42,10 @@ from eeray.errors import is_number  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
-STUDY_TAG, TRIAL_TAG, EXECUTION_TAG = "eeray.study", "eeray.trial_id", "eeray.execution"
+# every run names its study (the experiment's name), its execution and its role; a trial also its trial id.
+# Mirrors written before eeray.role existed held the role in eeray.study: start_study reads and upgrades them.
+STUDY_TAG, ROLE_TAG, TRIAL_TAG, EXECUTION_TAG = "eeray.study", "eeray.role", "eeray.trial_id", "eeray.execution"
+PARENT, TRIAL = "parent", "trial"
 _BATCH = 900  # MLflow accepts at most 1000 metrics per log_batch
 _TAGS = 100  # ... and 100 tags
 PHASE_RANK = {"explore": 0, "exploit": 1}  # at one step, the earlier phase's row is mirrored
@@ -61,13 +67,95 @@ def default_tracking_uri(results_dir: str | os.PathLike) -> str:
 
 # The experiment's kind as MLflow's UI stores it (the tag its kind selector writes): studies train models. MLflow
 # 3.17's UI picks the page layout from its global GenAI / Model-training switch instead (the ``workflowType`` URL
-# parameter, else the browser's last choice, default GenAI), so the classic view is also asked for in the URL.
+# parameter, else the browser's last choice, default GenAI: main.*.js module 7975; the tag is read only when the
+# workflow-based navigation flag, on in 3.17, is off), so the classic view is also asked for in the URL.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
+# A saved view of the runs page, as MLflow 3.17's "Save and share view" writes it: the experiment tag
+# ``mlflow.sharedViewState.<key>`` holding {name, createdAt, updatedAt, state}, where state is the JSON of the
+# page's search facets and UI state; ``?viewStateShareKey=<key>`` opens it, in any browser (a fresh one has no
+# saved view of its own). It cannot expand a parent row (MLflow drops runsExpanded from a shared view, and expands
+# parents by itself only for evaluation runs), so the study's view lists the execution's runs flat instead:
+# filtered by execution and sorted by role, the parent first and every trial under it, the varied parameters and
+# final errors as columns, and in the chart (compare) view first a parallel-coordinates plot of what the study
+# varies against the final training error (MLflow's own default plot has no parallel coordinates once runs have
+# metrics, and its compare-runs page plots the first metric a run logged: epoch).
+VIEW_TAG_PREFIX, VIEW_PARAM = "mlflow.sharedViewState.", "viewStateShareKey"
+VIEW_METRICS = ("final_train_error", "final_test_error")
 
-def classic_view_url(base_url: str, experiment_id: str) -> str:
-    """The experiment's runs page in MLflow's classic model-training view (not the GenAI traces overview)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+def view_key(execution: str) -> str:
+    return f"eeray-{execution}"
+
+
+def classic_view_url(base_url: str, experiment_id: str, view: str | None = None) -> str:
+    """The experiment's runs page in MLflow's classic model-training view (not the GenAI traces overview), in the
+    saved view ``view`` (a :func:`view_key`) if given."""
+    url = f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"{url}&{VIEW_PARAM}={quote(view)}" if view else url
+
+
+def varied_params(trials: Mapping[str, Mapping[str, Any]], search: Iterable[str] = ()) -> list[str]:
+    """The parameters the study varies: config keys whose value differs between its trials (``trials``: name ->
+    flat config, execution.json's definition) and the searched keys. Seeds are left out: they replicate a point
+    rather than vary it (their spread shows on the error axis)."""
+    configs, searched = list(trials.values()), set(search)
+    keys = sorted({k for c in configs for k in c} | searched)
+    return [k for k in keys if not k.rsplit(".", 1)[-1].endswith("seed")
+            and (k in searched or len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1)]
+
+
+def _numeric(v: Any) -> bool:
+    """As MLflow's UI reads a logged parameter (JavaScript ``!isNaN(Number(value))``): "None", "True" are not."""
+    try:
+        float(str(v))
+    except ValueError:
+        return False
+    return True
+
+
+def plotted_params(trials: Mapping[str, Mapping[str, Any]], varied: Sequence[str]) -> list[str]:
+    """The varied parameters a parallel-coordinates plot can take without losing trials: MLflow 3.17 drops every
+    run whose value is not a number on an axis where most are (main.*.js module 57990), so an axis such as
+    ee.m_H_factor, None for the standard trials, would hide them; those stay table columns only. Searched keys
+    (not in the configs) are numbers."""
+    configs = list(trials.values())
+
+    def all_or_none_numeric(k: str) -> bool:
+        numeric = {_numeric(c.get(k)) for c in configs if k in c}
+        return len(numeric) <= 1
+    return [k for k in varied if all_or_none_numeric(k)]
+
+
+def definition_view(definition: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The ``varied`` and ``plotted`` parameters of :meth:`MlflowTracker.start_study` for an execution.json
+    ``definition``."""
+    varied = varied_params(definition["trials"], definition.get("settings", {}).get("search") or {})
+    return {"varied": varied, "plotted": plotted_params(definition["trials"], varied)}
+
+
+def view_state(study: str, execution: str, varied: Sequence[str], plotted: Sequence[str] | None = None
+               ) -> dict[str, Any]:
+    """The runs page's state for one study execution (see VIEW_TAG_PREFIX); keys as MLflow 3.17 names them."""
+    section = "eeray-study"
+    return {
+        "searchFilter": f"tags.`{EXECUTION_TAG}` = '{execution}'",
+        "orderByKey": f"tags.`{ROLE_TAG}`", "orderByAsc": True,  # 'parent' < 'trial'; not by date: that nests
+        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": [*(f"params.`{k}`" for k in varied), *(f"metrics.`{m}`" for m in VIEW_METRICS)],
+        "runsHiddenMode": "SHOW_ALL",  # the charts plot every trial, not MLflow's default first 10 rows
+        "isAccordionReordered": True,  # keeps the study's section first when MLflow adds its metric sections
+        "compareRunSections": [
+            {"uuid": section, "name": f"{study}: what the study varies", "display": True, "isReordered": True,
+             "deleted": False, "isGenerated": False, "columns": 1, "cardHeight": 480},
+            *({"uuid": f"eeray-{n.split()[0].lower()}", "name": n, "display": True, "isReordered": False,
+               "deleted": False, "isGenerated": True} for n in ("Model metrics", "System metrics"))],
+        "compareRunCharts": [
+            {"uuid": "eeray-parallel", "type": "PARALLEL", "runsCountToCompare": 100, "metricSectionId": section,
+             "deleted": False, "isGenerated": False, "showAllRuns": True,
+             "selectedParams": list(varied if plotted is None else plotted),
+             "selectedMetrics": [VIEW_METRICS[0]]}],
+    }
 
 
 def ui_command(tracking_uri: str, port: int = 5000) -> str | None:
@@ -116,22 +204,33 @@ class MlflowTracker:
                                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
+        self.study = experiment
+        self.execution: str | None = None
         self.parent_id: str | None = None
         self._children: dict[str, str] = {}  # trial id -> run id
         self._points: dict[str, set[tuple[str, int]]] = {}  # run id -> (key, step) already in MLflow
 
     # ----------------------------------------------------------------------- the study's parent run
-    def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
-        """Create the parent run of this study execution, or reopen it when the execution continues."""
-        found = self._search(f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{STUDY_TAG}` = 'parent'")
-        if found:
-            self.parent_id = found[0].info.run_id
+    def start_study(self, execution: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str],
+                    varied: Sequence[str] = (), plotted: Sequence[str] | None = None) -> str:
+        """Create the parent run of this study execution, or reopen it when the execution continues; save the
+        execution's view of the runs page (:func:`view_state`; ``varied``, ``plotted``: :func:`definition_view`)."""
+        self.execution = execution
+        self._save_view(execution, varied, plotted)
+        found = self._search(f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{ROLE_TAG}` = '{PARENT}'")
+        old = not found and self._search(
+            f"tags.`{EXECUTION_TAG}` = '{execution}' and tags.`{STUDY_TAG}` = '{PARENT}'")
+        if found or old:
+            self.parent_id = (found or old)[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             for run in self._search(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.parent_id}'"):
                 self._children[run.data.tags[TRIAL_TAG]] = run.info.run_id
+            if old:  # written before eeray.role: the same tags as new runs carry, so the view and filters find them
+                for run_id, role in [(self.parent_id, PARENT), *((r, TRIAL) for r in self._children.values())]:
+                    self.set_tags(run_id, self._tags(execution, role))
             return self.parent_id
         run = self.client.create_run(self.experiment_id, run_name=name,
-                                     tags={STUDY_TAG: "parent", EXECUTION_TAG: execution, **tags})
+                                     tags={**self._tags(execution, PARENT), **tags})
         self.parent_id = run.info.run_id
         self._points[self.parent_id] = set()
         self._log_params(self.parent_id, params)
@@ -158,7 +257,7 @@ class MlflowTracker:
             return self._children[trial_id]
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={MLFLOW_PARENT_RUN_ID: self.parent_id, TRIAL_TAG: trial_id,
-                                           MLFLOW_RUN_NAME: name, STUDY_TAG: "trial", **tags})
+                                           MLFLOW_RUN_NAME: name, **self._tags(self.execution, TRIAL), **tags})
         run_id = run.info.run_id
         self._children[trial_id] = run_id
         self._points[run_id] = set()
@@ -211,6 +310,20 @@ class MlflowTracker:
         self.client.set_terminated(run_id, status=status)
 
     # ----------------------------------------------------------------------- internals
+    def _tags(self, execution: str, role: str) -> dict[str, str]:
+        return {STUDY_TAG: self.study, ROLE_TAG: role, EXECUTION_TAG: execution}
+
+    def _save_view(self, execution: str, varied: Sequence[str], plotted: Sequence[str] | None) -> None:
+        """The execution's saved view (an experiment tag), written once: a view the user overrode in MLflow's UI
+        is theirs; its timestamps are the execution's start, so a resumed driver or a sync writes the same tag."""
+        key = VIEW_TAG_PREFIX + view_key(execution)
+        if key in self.client.get_experiment(self.experiment_id).tags:
+            return
+        at = self.time_origin_ms or int(time.time() * 1000)
+        self.client.set_experiment_tag(self.experiment_id, key, json.dumps(
+            {"name": f"{self.study} {execution}", "createdAt": at, "updatedAt": at,
+             "state": json.dumps(view_state(self.study, execution, varied, plotted))}))
+
     def _existing(self, run_id: str) -> set[tuple[str, int]]:
         """(key, step) of every point the run holds: read from MLflow once per process, kept up to date after."""
         if run_id not in self._points:

@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from eeray.mlflow_mirror import STATUS_TO_MLFLOW, MlflowTracker, default_tracking_uri, metric_points
+from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, MlflowTracker, default_tracking_uri, definition_view,
+                                 metric_points)
 from eeray.results import load
 from eeray.run_lock import StudyLock, StudyLocked
 
@@ -38,7 +39,8 @@ def sync(results_dir: str | Path, study: str, tracking_uri: str | None = None) -
         t.start_study(meta["execution"], f"{study} {meta['execution']}",
                       {"profile": meta["profile"], "trials": len(meta["definition"]["trials"]),
                        "fingerprint": meta["fingerprint"]},
-                      {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]})
+                      {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]},
+                      **definition_view(meta["definition"]))
         counts = {"runs": 0, "points": 0}
         ended = {r["trial_id"]: r for r in res.trials.to_dict("records")}
         for trial_id in sorted(set(res.steps.trial_id) | set(ended)):

@@ -50,7 +50,7 @@ def assert_mlflow_mirrors_parquet(results_dir, uri=None, study="integrity"):
     exp = client.get_experiment_by_name(study)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-    assert len([r for r in runs if r.data.tags.get("eeray.study") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("eeray.role") == "parent"]) == 1
     res = load(results_dir, study)
     children = {r.data.tags["eeray.trial_id"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
     assert sorted(children) == sorted(res.trials.trial_id)
@@ -260,7 +260,7 @@ def test_ctrl_c_or_a_termination_signal_exits_130_closes_every_run_and_prints_ee
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("integrity").experiment_id])
     assert "RUNNING" not in {r.info.status for r in runs}
-    assert next(r for r in runs if r.data.tags.get("eeray.study") == "parent").info.status == "KILLED"
+    assert next(r for r in runs if r.data.tags.get("eeray.role") == "parent").info.status == "KILLED"
     out = run_study(STUDY, tmp_path, "--smoke", "--max-concurrent", "1", "--resume")
     assert "2 trials (2 completed, 0 failed)" in out.stdout
     assert_same_record(tmp_path, reference)

@@ -17,7 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import mlflow_server
-from eeray.mlflow_mirror import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, MlflowTracker, classic_view_url, metric_points
+from eeray.mlflow_mirror import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, VIEW_TAG_PREFIX, MlflowTracker, classic_view_url,
+                                 definition_view, metric_points, varied_params, view_key)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHILD_RUNS_SHOWN = 10  # the parent run page lists this many child runs, then a "Load more" button
@@ -37,7 +38,7 @@ def mlflow_ui(width_smoke, width_mlflow_server):
     client = MlflowClient(store)
     exp = client.get_experiment_by_name("width_sweep")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("eeray.study") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("eeray.role") == "parent"]
     assert len(parents) == 1
     children = {r.info.run_id: r.info.run_name for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
@@ -179,21 +180,24 @@ def mirror_ui(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("mirror-ui")
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker(store, "width_sweep", tmp_path / "mlartifacts")
-    parent = tracker.start_study("execution-1", "width_sweep 2026-12-01", {"profile": "smoke"}, {})
+    trials = {"standard data=random16 m_c=1 seed=0": {"ee.enabled": False, "optim.lr": 0.1, "seed": 0},
+              "ee c=2 data=random16 m_c=1 seed=0": {"ee.enabled": True, "optim.lr": 0.1, "seed": 1}}
+    parent = tracker.start_study("execution-1", "width_sweep 2026-12-01", {"profile": "smoke"}, {},
+                                 varied_params(trials))
     children = []
-    for i, name in enumerate(("standard data=random16 m_c=1 seed=0", "ee c=2 data=random16 m_c=1 seed=0")):
-        run = tracker.child(f"t{i}", name, {"optim.lr": 0.1}, {})
+    for i, (name, cfg) in enumerate(trials.items()):
+        run = tracker.child(f"t{i}", name, cfg, {})
         for epoch in range(1, 7):  # 5 optimizer steps per epoch, one chunk per epoch
             rows = [{"step": epoch * 5, "train_error": 0.9 / epoch, "train_loss": 2.3 / epoch ** 0.5}]
             tracker.log_points(run, metric_points(rows, []))
-        tracker.finish_trial(run, "FINISHED", {"final_train_error": 0.15})
+        tracker.finish_trial(run, "FINISHED", {"final_train_error": 0.15 + 0.1 * i})
         children.append(run)
     tracker.finish_study("FINISHED")
     steps = {k: len(tracker.client.get_metric_history(children[0], k))
              for k in tracker.client.get_run(children[0]).data.metrics}
     assert steps == {"train_error": 6, "train_loss": 6, "final_train_error": 1}
     with mlflow_server(store, tmp_path) as server:
-        yield server.url, tracker.experiment_id, parent, children[0], steps
+        yield server.url, tracker.experiment_id, parent, children, steps
 
 
 def _cards(dom: str) -> dict[str, str]:
@@ -212,7 +216,7 @@ def _line_points(card: str) -> list[int]:
 
 
 def test_the_experiment_opens_in_the_classic_model_training_view(mirror_ui, devtools):
-    base, eid, parent, child, _ = mirror_ui
+    base, eid, parent, _, _ = mirror_ui
     url = classic_view_url(base, eid)
     dom = devtools.wait_for(url, lambda d: parent in _run_links(d, eid))
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
@@ -231,8 +235,109 @@ def test_the_experiment_is_tagged_as_model_training(tmp_path):
     assert classic_view_url("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs?workflowType=machine_learning"
 
 
+def _text(dom: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def test_the_printed_address_opens_the_studys_runs_in_a_fresh_browser(mirror_ui, devtools):
+    """The address the study prints (the classic view in the execution's saved view), in a new browser profile:
+    the runs table lists the parent first and every trial under it, with the varied parameter and the final
+    errors as columns, not the GenAI overview and not one folded parent row."""
+    base, eid, parent, children, _ = mirror_ui
+    names = {parent: "width_sweep 2026-12-01", children[0]: "standard data=random16 m_c=1 seed=0",
+             children[1]: "ee c=2 data=random16 m_c=1 seed=0"}
+    dom = devtools.wait_for(classic_view_url(base, eid, view_key("execution-1")),
+                            lambda d: _run_links(d, eid) == names)
+    text = _text(dom)
+    assert "Runs - Experiment" in text and "3 matching runs" in text
+    order = re.findall(rf'href="#/experiments/{eid}/runs/([0-9a-f]{{32}})"', dom)
+    assert order[0] == parent  # sorted by role: the parent on top
+    for column in ("ee.enabled", "final_train_error"):  # the varied param, the final error the trials logged
+        assert column in text, column
+    for genai in ("Token Usage", "Tokens per Trace", "Detect Issues"):
+        assert genai not in text
+
+
+def test_the_width_sweeps_printed_address_lists_its_parent_and_every_trial(width_smoke, mlflow_ui, devtools):
+    """The address the width-sweep smoke printed under its mlflow ui command (on this test's server instead of
+    port 5000), in a fresh browser profile: the parent run and all twelve trials, by name, parent first."""
+    _, stdout = width_smoke
+    base, eid, parent, children = mlflow_ui
+    lines = stdout.splitlines()
+    ui = next(i for i, line in enumerate(lines) if " -m mlflow ui " in line)
+    printed = lines[ui + 1].strip()
+    assert printed.startswith("http://127.0.0.1:5000/#/experiments/") and "workflowType=machine_learning" in printed
+    names = {parent.info.run_id: parent.info.run_name, **children}
+    dom = devtools.wait_for(printed.replace("http://127.0.0.1:5000", base), lambda d: _run_links(d, eid) == names)
+    assert re.findall(rf'href="#/experiments/{eid}/runs/([0-9a-f]{{32}})"', dom)[0] == parent.info.run_id
+    assert "13 matching runs" in _text(dom)
+
+
+def test_the_chart_view_plots_what_the_study_varies_against_the_final_training_error(mirror_ui, devtools):
+    """The printed address's chart (compare) view, fresh browser: the first chart is a parallel-coordinates plot
+    whose axes are the varied parameter (ee.enabled; optim.lr is equal, seeds replicate) and final_train_error."""
+    base, eid, _, _, _ = mirror_ui
+    url = classic_view_url(base, eid, view_key("execution-1")) + "&compareRunsMode=CHART"
+
+    def axes(dom: str) -> list[str]:
+        return re.findall(r'<text[^>]*class="label"[^>]*>([^<]+)<', dom)
+
+    dom = devtools.wait_for(url, lambda d: len(axes(d)) >= 2)
+    assert axes(dom) == ["ee.enabled", "final_train_error"]
+    assert "width_sweep: what the study varies" in _text(dom)
+
+
+def test_runs_name_their_study_and_role_and_old_mirrors_are_upgraded(tmp_path):
+    """eeray.study holds the study's name, eeray.role the run's role (parent / trial), eeray.execution the
+    execution, on parents and trials; a mirror written before eeray.role (eeray.study = parent / trial) is found
+    again and given the same tags; the execution's saved view is written once."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    t = MlflowTracker(uri, "sweep", tmp_path / "a")
+    pid = t.start_study("e1", "sweep e1", {}, {}, ["optim.lr"])
+    cid = t.child("t0", "lr=0.1", {"optim.lr": 0.1}, {})
+    for run_id, role in ((pid, "parent"), (cid, "trial")):
+        tags = t.client.get_run(run_id).data.tags
+        assert (tags["eeray.study"], tags["eeray.role"], tags["eeray.execution"]) == ("sweep", role, "e1")
+    view = json.loads(t.client.get_experiment(t.experiment_id).tags[VIEW_TAG_PREFIX + view_key("e1")])
+    state = json.loads(view["state"])
+    assert view["name"] == "sweep e1" and state["searchFilter"] == "tags.`eeray.execution` = 'e1'"
+    assert state["compareRunCharts"][0]["selectedParams"] == ["optim.lr"]
+    assert state["compareRunCharts"][0]["selectedMetrics"] == ["final_train_error"]
+    again = MlflowTracker(uri, "sweep", tmp_path / "a")
+    assert again.start_study("e1", "sweep e1", {}, {}, ["other"]) == pid and again.children() == {"t0": cid}
+    assert t.client.get_experiment(t.experiment_id).tags[VIEW_TAG_PREFIX + view_key("e1")] == json.dumps(view)
+
+    # a mirror as eeray wrote it before eeray.role: the role in eeray.study, no execution on the trial
+    old = t.client.create_run(t.experiment_id, run_name="sweep e2", tags={"eeray.study": "parent",
+                                                                          "eeray.execution": "e2"}).info.run_id
+    trial = t.client.create_run(t.experiment_id, run_name="lr=1", tags={
+        "eeray.study": "trial", "eeray.trial_id": "t9", "mlflow.parentRunId": old}).info.run_id
+    reopened = MlflowTracker(uri, "sweep", tmp_path / "a")
+    assert reopened.start_study("e2", "sweep e2", {}, {}) == old and reopened.children() == {"t9": trial}
+    for run_id, role in ((old, "parent"), (trial, "trial")):
+        tags = t.client.get_run(run_id).data.tags
+        assert (tags["eeray.study"], tags["eeray.role"], tags["eeray.execution"]) == ("sweep", role, "e2")
+
+
+def test_varied_params_are_the_keys_that_differ_seeds_left_out():
+    trials = {"a": {"ee.enabled": True, "optim.lr": 0.1, "seed": 0, "data.seed": 0, "model.w": [1, 2]},
+              "b": {"ee.enabled": False, "optim.lr": 0.1, "seed": 1, "data.seed": 1, "model.w": [1, 3]}}
+    assert varied_params(trials) == ["ee.enabled", "model.w"]
+    assert varied_params(trials, {"optim.lr": None}) == ["ee.enabled", "model.w", "optim.lr"]  # searched: varies
+
+
+def test_the_plot_leaves_out_axes_on_which_mlflow_would_drop_trials():
+    """ee.m_H_factor is None for standard trials: MLflow would drop them from the plot (most values numeric)."""
+    trials = {"ee c=2": {"ee.enabled": True, "ee.m_H_factor": 2.0, "model.lenet_mc": 1, "data.name": "a"},
+              "ee c=4": {"ee.enabled": True, "ee.m_H_factor": 4.0, "model.lenet_mc": 2, "data.name": "b"},
+              "standard": {"ee.enabled": False, "ee.m_H_factor": None, "model.lenet_mc": 1, "data.name": "a"}}
+    view = definition_view({"trials": trials, "settings": {"search": {"optim.lr": {}}}})
+    assert view == {"varied": ["data.name", "ee.enabled", "ee.m_H_factor", "model.lenet_mc", "optim.lr"],
+                    "plotted": ["data.name", "ee.enabled", "model.lenet_mc", "optim.lr"]}
+
+
 def test_a_child_runs_metric_charts_are_drawn_not_loading(mirror_ui, devtools):
-    base, eid, _, child, steps = mirror_ui
+    base, eid, _, (child, _), steps = mirror_ui
     url = f"{base}/#/experiments/{eid}/runs/{child}/model-metrics"
 
     def drawn(dom: str) -> bool:

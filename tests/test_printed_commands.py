@@ -9,6 +9,7 @@ stats off, local Ray without token authentication, MLflow's telemetry off), whic
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import pytest
 from conftest import ROOT
 
 from eeray import commands
+from eeray.mlflow_mirror import VIEW_TAG_PREFIX, classic_view_url, view_key
 
 STUDY = ROOT / "tests" / "studies" / "integrity_study.py"
 
@@ -197,5 +199,15 @@ def test_every_printed_command_works_pasted_into_a_fresh_shell(tmp_path, interpr
         wait_until(lambda: serves_experiment(port, "integrity") or server.poll() is not None, 180,
                    "the MLflow UI to serve the study's experiment")
         assert server.poll() is None, server.stderr.read()[-3000:]
+        # under the command, on its own line, the address of the study's runs: the experiment this server serves,
+        # in the execution's saved view, which the store holds (tests/test_mlflow_ui.py opens it in a browser)
+        lines = out.stdout.splitlines()
+        address = lines[lines.index(f"    {ui}") + 1].strip()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?"
+                                    "experiment_name=integrity", timeout=10) as r:
+            exp = json.load(r)["experiment"]
+        execution = json.loads((work / "res" / "integrity" / "execution.json").read_text())["execution"]
+        assert address == classic_view_url("http://127.0.0.1:5000", exp["experiment_id"], view_key(execution))
+        assert VIEW_TAG_PREFIX + view_key(execution) in {t["key"] for t in exp.get("tags", [])}
     finally:
         _end_group(server)

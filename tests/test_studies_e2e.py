@@ -51,10 +51,14 @@ def test_width_sweep_smoke_writes_every_table(width_smoke):
 def test_mlflow_parent_and_child_runs_through_the_client(width_smoke):
     results_dir, _ = width_smoke
     client, exp, runs = mlflow_runs(results_dir, "width_sweep")
-    parents = [r for r in runs if r.data.tags.get("eeray.study") == "parent"]
+    parents = [r for r in runs if r.data.tags.get("eeray.role") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 12
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    # every run names its study, its execution and its role (the UI's filters and eeray's view select by them)
+    execution = json.loads((results_dir / "width_sweep" / "execution.json").read_text())["execution"]
+    assert {(r.data.tags["eeray.study"], r.data.tags["eeray.execution"]) for r in runs} == {("width_sweep", execution)}
+    assert sorted(r.data.tags["eeray.role"] for r in runs) == ["parent"] + ["trial"] * 12
     assert {r.info.status for r in runs} == {"FINISHED"}
     names = sorted(c.info.run_name for c in children)
     assert "standard data=random16 m_c=1 seed=0" in names and len(set(names)) == 12
@@ -85,7 +89,7 @@ def test_mlflow_server_rest_api_lists_parent_and_children(width_mlflow_server):
                                            f"experiment_name=width_sweep", timeout=10))["experiment"]
     runs = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment_id"]], "max_results": 100})
     tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs["runs"]]
-    parent = [t for t in tags if t.get("eeray.study") == "parent"]
+    parent = [t for t in tags if t.get("eeray.role") == "parent"]
     assert len(parent) == 1 and sum("mlflow.parentRunId" in t for t in tags) == 12
 
 
@@ -150,7 +154,7 @@ def test_kill_mid_study_then_resume_matches_an_uninterrupted_run(tiny, tmp_path)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert sorted(c.info.run_name for c in children) == sorted(ref_finals.index)  # no duplicate child runs
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-    assert len([r for r in runs if r.data.tags.get("eeray.study") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get("eeray.role") == "parent"]) == 1
     assert "trials (3 completed, 1 failed)" in out.stdout
 
 

@@ -44,7 +44,8 @@ from ray import tune  # noqa: E402
 
 from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
-from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, MlflowTracker, default_tracking_uri, ui_command  # noqa: E402
+from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, Mirror, MlflowTracker, classic_view_url,  # noqa: E402
+                                 default_tracking_uri, definition_view, ui_command, view_key)
 from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
 from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
                                         unsafe_searcher_state)
@@ -362,7 +363,8 @@ def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> Mlfl
                                             if isinstance(study.grid, (list, tuple)) else
                                             {k: list(v) for k, v in study.grid.items()}, default=str),
                          "variants": json.dumps(list(study.variants))},
-                        {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]})
+                        {"mlflow.source.git.commit": meta["git_commit"], "eeray.profile": meta["profile"]},
+                        **definition_view(meta["definition"]))
     return tracker
 
 
@@ -544,11 +546,19 @@ def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recor
     if recorder.mirror.offline:
         print(f"MLflow:  INCOMPLETE — {recorder.mirror.offline}. Complete it from Parquet with:\n"
               f"    {recorder.mirror.sync_command}")
-    elif ui_command(uri):
-        print("MLflow:  serve the UI at http://127.0.0.1:5000 with the command below (in the sidebar choose "
-              f"'Model training', not 'GenAI': MLflow remembers it):\n    {ui_command(uri)}")
     else:
-        print(f"MLflow:  open {uri} in a browser (on a cluster through an SSH tunnel: docs/cluster.md)")
+        # the address of the study's runs in the Model-training view, its own line to paste (MLflow's front page
+        # opens on the GenAI overview in a browser that never chose otherwise): the printed UI command's port
+        server = "http://127.0.0.1:5000" if ui_command(uri) else uri
+        view = recorder.mirror.call("reading the experiment's id", lambda t: classic_view_url(
+            server, t.experiment_id, view_key(t.execution))) or server
+        if ui_command(uri):
+            print("MLflow:  serve the UI with the command below, then open the address under it (the study's runs; "
+                  "its chart view plots what the study varies against final_train_error):\n"
+                  f"    {ui_command(uri)}\n    {view}")
+        else:
+            print(f"MLflow:  open this address in a browser (on a cluster through an SSH tunnel: docs/cluster.md):"
+                  f"\n    {view}")
     if not unfinished and len(trials):
         print(f"Report:  {results_dir / study.name / 'report' / 'index.html'}, written by:\n"
               f"    {commands.report(results_dir, study.name)}")

@@ -18,10 +18,12 @@ TABLES = ("steps", "diagnostics", "safety", "trials")  # compared in this order:
 # the order rows are compared in: eeray.results.ROW_ORDER, then what tells a step's safety rows apart
 KEYS = {"trials": ("trial_id",), "steps": ("trial_id", "step", "phase"),
         "diagnostics": ("trial_id", "step", "phase"), "safety": ("trial_id", "step", "phase", "kind", "head")}
-# trials: where, when and as what the trial ran, not what it computed (docs/results-schema.md, trials)
+# trials: where, when and as what the trial ran, not what it computed (docs/results-schema.md, trials); the row
+# counts (steps_rows, ...) are how the driver checks its record on --resume: the re-run's rows themselves are
+# compared, table by table, so their counts are too
 RUN_CONTEXT = ("trial_id", "trial_name", "status", "failure_reason", "attempts", "attempt_nodes", "attempt_node_ids",
                "diag_actor_nodes", "attempt_errors", "trunk_trial_id", "branch_step", "git_commit", "hardware",
-               "torch")
+               "torch", "steps_rows", "diagnostics_rows", "safety_rows")
 
 
 def is_timing(column: str) -> bool:

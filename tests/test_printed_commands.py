@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port, wait_for
 
 from eeray import commands
 from eeray.mlflow_mirror import VIEW_TAG_PREFIX, classic_view_url, view_key
@@ -121,20 +119,6 @@ def test_a_study_file_runs_from_another_directory(tmp_path):
 
 
 # --------------------------------------------------------------------------- every printed command, pasted
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def serves_experiment(port: int, name: str) -> bool:
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
     try:
@@ -161,7 +145,7 @@ def test_every_printed_command_works_pasted_into_a_fresh_shell(tmp_path, interpr
                             start_new_session=True)
     steps = work / "res" / "integrity" / "steps"
     try:
-        wait_until(lambda: steps.exists() and any(steps.rglob("*.parquet")) or proc.poll() is not None, 300,
+        wait_for(lambda: steps.exists() and any(steps.rglob("*.parquet")) or proc.poll() is not None, 300,
                    "the first Parquet chunk")
         if proc.poll() is None:  # (a driver that already ended is reported below, with its output)
             os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: the study stops and prints how to continue
@@ -194,7 +178,7 @@ def test_every_printed_command_works_pasted_into_a_fresh_shell(tmp_path, interpr
                               env=clean_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)
     try:
-        wait_until(lambda: serves_experiment(port, "integrity") or server.poll() is not None, 180,
+        wait_for(lambda: serves_experiment(port, "integrity") or server.poll() is not None, 180,
                    "the MLflow UI to serve the study's experiment")
         assert server.poll() is None, server.stderr.read()[-3000:]
         # under the command, on its own line, the address of the study's runs: the experiment this server serves,

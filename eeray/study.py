@@ -105,15 +105,21 @@ class Study:
         return self.base.replace(**self.overrides(point))
 
     def trial_name(self, point: Mapping[str, Any]) -> str:
-        parts = [str(point.get("variant") or "")]
-        for k, v in point.items():
-            if k != "variant":
-                parts.append(f"{ALIASES.get(k, k.rsplit('.', 1)[-1])}={_short(v)}")
-        return " ".join(p for p in parts if p)
+        return trial_name(point)
 
     def trials(self) -> list[TrialSpec]:
         return [TrialSpec(self.trial_name(p), self.overrides(p), self.config(p))
                 for p in self.points()]
+
+
+def trial_name(point: Mapping[str, Any]) -> str:
+    """A trial's readable name ("ee c=0.5 m_c=2 seed=1"): its variant, then each swept field's alias and value.
+    It depends on the point alone, so Tune can hold it as a module function (pickled by reference)."""
+    parts = [str(point.get("variant") or "")]
+    for k, v in point.items():
+        if k != "variant":
+            parts.append(f"{ALIASES.get(k, k.rsplit('.', 1)[-1])}={_short(v)}")
+    return " ".join(p for p in parts if p)
 
 
 def _short(v: Any) -> str:

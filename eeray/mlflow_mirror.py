@@ -39,6 +39,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from eeray import faults  # noqa: E402
 from eeray.errors import is_number  # noqa: E402
+from eeray.mlflow_relocate import embedded_store, relocate  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
@@ -204,6 +205,9 @@ class MlflowTracker:
                                                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         else:
             self.experiment_id = exp.experiment_id
+        # the results directory was copied or moved since the store was made: its artifacts stay inside it
+        db = embedded_store(tracking_uri, artifact_root)
+        self.relocated_from = relocate(db, self.experiment_id, Path(artifact_root).resolve().as_uri()) if db else None
         self.study = experiment
         self.execution: str | None = None
         self.parent_id: str | None = None

@@ -132,6 +132,54 @@ def test_a_record_file_deleted_by_hand_is_named_at_resume_and_refused(undisturbe
     _resumed_equals_reference(copy, undisturbed)
 
 
+# --------------------------------------------------------------------------- item 5: a copied results directory
+def _files(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_copied_results_directory_resumes_in_the_copy_and_writes_nothing_outside_it(undisturbed, tmp_path):
+    """Item 5: a study interrupted in A, ``cp -a A B``, A moved away, ``--resume --results-dir B``. Tune's search
+    generator kept A's absolute path for the trials it had yet to create (they failed for good: "Unable to set up
+    cluster storage", ``storage_fs_path=…/A/…``) and MLflow's store kept A's artifact root (the artifacts went into
+    A, recreating it). Now the copy resumes to exactly the undisturbed rows, and nothing is written outside it."""
+    import signal
+    import subprocess
+
+    from conftest import comparable, study_argv, wait_for
+    from mlflow.tracking import MlflowClient
+
+    original, copy, kept = tmp_path / "A", tmp_path / "B", tmp_path / "A-kept"
+    proc = subprocess.Popen(study_argv(INTEGRITY, original, "--smoke", "--max-concurrent", "1"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any((original / "integrity" / "steps").rglob("*.parquet")), 240, "the first Parquet chunk")
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (stdout[-3000:], stderr[-3000:])
+    assert len(load(original, "integrity").trials) < 2  # a trial is left for the copy to create and run
+    shutil.copytree(original, copy, symlinks=True)
+    original.rename(kept)
+    before = _files(kept)
+
+    out = run_study(INTEGRITY, copy, "--smoke", "--max-concurrent", "1", "--resume")
+    res = load(copy, "integrity")
+    assert not res.steps.duplicated(["trial_id", "step", "phase"]).any() and not res.trials.trial_name.duplicated().any()
+    got, want = comparable(res), comparable(load(undisturbed, "integrity"))  # by trial name: the ids differ
+    assert got[0].equals(want[0]), (got[0], want[0])
+    assert got[1].equals(want[1])
+    assert "note: resume: Tune's state of segment 'tune' was written under " + str(original) in out.stdout
+    assert f"note: MLflow's artifacts were under {original.as_uri()}/mlartifacts" in out.stdout
+    assert not original.exists()  # nothing written to (or recreating) the directory it was copied from
+    assert _files(kept) == before
+    client = MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("integrity")
+    assert exp.artifact_location == (copy / "mlartifacts").as_uri()
+    runs = client.search_runs([exp.experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith((copy / "mlartifacts").as_uri() + "/") for r in runs)
+    for r in runs:  # every run's artifacts (those logged in A, copied along, and those logged in B) are found
+        assert client.list_artifacts(r.info.run_id), r.info.run_name
+
+
 # --------------------------------------------------------------------------- item 7: where the record is written
 def _run_read_only(path, *args: str):
     """The study's CLI with ``args``, where ``path`` is read-only: a read-only bind mount in a mount namespace of

@@ -126,6 +126,34 @@ def reconcile(experiment: str, fs: pafs.FileSystem | None, searcher_cls, recorde
     return [f"{names[0]} and {names[1]} disagree: {r}" for r in repairs]
 
 
+def relocate(experiment: str, fs: pafs.FileSystem | None) -> str | None:
+    """Point the trials Tune has yet to create at this experiment directory, wherever it was first written; returns
+    the old location (None: it was here).
+
+    ``Tuner.restore`` moves the trials it restores to the directory it restores from (``_restore_trials``), but the
+    trials its search generator creates afterwards take their storage from the ``Experiment`` pickled in
+    ``search_gen_state-*``, which keeps the absolute path of the directory that saved it. In a copied results
+    directory (``cp -a A B``, ``--resume --results-dir B``) those trials checkpointed into A, and with A moved away
+    failed for good ("Unable to set up cluster storage", ``storage_fs_path=…/A/…``). The same three fields Tune
+    updates for each restored trial are updated here."""
+    if fs is None:
+        fs, experiment = pafs.FileSystem.from_uri(experiment)
+    gen_file = _newest(fs, experiment, "search_gen_state-", ".json")
+    if gen_file is None:
+        return None
+    gen = cloudpickle.loads(_read(fs, gen_file))
+    exp = gen.get("experiment")
+    here, name = os.path.split(experiment.rstrip("/"))
+    contexts = [c for c in (getattr(exp, "storage", None), getattr(exp, "spec", {}).get("storage")) if c is not None]
+    old = {c.storage_fs_path for c in contexts if (c.storage_fs_path, c.experiment_dir_name) != (here, name)}
+    if not old:
+        return None
+    for c in contexts:
+        c.storage_filesystem, c.storage_fs_path, c.experiment_dir_name = fs, here, name
+    _write(fs, gen_file, cloudpickle.dumps(gen))
+    return ", ".join(sorted(old))
+
+
 def unsafe_searcher_state(experiment: str, fs: pafs.FileSystem | None) -> str | None:
     """Why the newest searcher state of a Tune experiment directory cannot be loaded safely (None: it can, or
     there is none): checked before Ray starts, so a crafted or foreign file is a refusal naming it, and neither

@@ -44,10 +44,10 @@ from ray import tune  # noqa: E402
 
 from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
-from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, Mirror, MlflowTracker, classic_view_url,  # noqa: E402
+from eeray.mlflow_mirror import (Mirror, MlflowTracker, classic_view_url,  # noqa: E402
                                  default_tracking_uri, definition_view, ui_command, view_key)
 from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
-from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile,  # noqa: E402
+from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile, relocate,  # noqa: E402
                                         unsafe_searcher_state)
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
@@ -236,6 +236,10 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
                 path, fs = tune_storage(os.path.join(storage, seg["name"]))
                 if seg["name"] in restorable:
                     drop_staged_state(path, fs)
+                    moved = relocate(path, fs)
+                    if moved:
+                        print(f"note: resume: Tune's state of segment '{seg['name']}' was written under {moved} (the "
+                              f"results directory was copied or moved): its new trials now go under {path}", flush=True)
                     for repair in reconcile(path, fs, searcher_class(study), recorder.ended_names):
                         print(f"note: resume: {repair}", flush=True)
                     tuner = tune.Tuner.restore(path, trainable_of(study, branching), resume_unfinished=True,
@@ -354,6 +358,9 @@ def _close_mirror(mirror: Mirror, results_dir: Path, study: str, status: str) ->
 def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> MlflowTracker:
     origin = int(datetime.strptime(meta["execution"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
     tracker = MlflowTracker(uri, study.name, results_dir / "mlartifacts", time_origin_ms=origin)
+    if tracker.relocated_from:
+        print(f"note: MLflow's artifacts were under {tracker.relocated_from} (the results directory was copied or "
+              f"moved): they are now under {results_dir / 'mlartifacts'}", flush=True)
     tracker.start_study(meta["execution"], f"{study.name} {meta['execution']}",
                         {"profile": meta["profile"], "trials": len(study.points()) * study.samples_per_point,
                          "fingerprint": meta["fingerprint"],

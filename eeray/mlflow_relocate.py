@@ -1,0 +1,47 @@
+"""A results directory copied or moved elsewhere keeps its embedded MLflow store's artifacts inside itself.
+
+MLflow's SQLite store keeps absolute artifact URIs: each experiment's ``artifact_location`` and each run's
+``artifact_uri``. After ``cp -a A B`` and ``--resume --results-dir B`` they still named A, so the resumed study wrote
+its MLflow artifacts into A (and recreated A when A had been moved away), and the UI served from B read A's files.
+MLflow has no API that changes either (an experiment's artifact location is fixed when it is created), so when eeray
+opens its *embedded* store — ``<results>/mlflow.db`` with artifacts under ``<results>/mlartifacts`` — from a
+directory other than the one that created it, it rewrites those two columns, every experiment and run that pointed
+at the old root, in one SQLite transaction. A tracking server's store belongs to the server and is never touched.
+
+This is MLflow's own schema (``experiments.artifact_location``, ``runs.artifact_uri``, unchanged since MLflow 1.x),
+the one place eeray writes it directly; tests/test_faults.py's copied-directory test reads the result back through
+``MlflowClient``, so a schema change fails that test rather than passing silently.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+
+def embedded_store(tracking_uri: str, artifact_root: str | Path | None) -> Path | None:
+    """The SQLite file of ``tracking_uri`` when it is eeray's embedded store beside ``artifact_root``, else None."""
+    if artifact_root is None or not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri[len("sqlite:///"):])
+    return db if db.parent == Path(artifact_root).resolve().parent else None
+
+
+def relocate(db: Path, experiment_id: str, root_uri: str) -> str | None:
+    """Point the artifacts of experiment ``experiment_id`` — and of every experiment that shared its old root, with
+    their runs — at ``root_uri``; returns the old root, or None when it already was ``root_uri``."""
+    con = sqlite3.connect(db, timeout=60)
+    try:
+        with con:  # one transaction: every URI moves, or none
+            row = con.execute("SELECT artifact_location FROM experiments WHERE experiment_id = ?",
+                              (int(experiment_id),)).fetchone()
+            if row is None or row[0] is None or row[0].rstrip("/") == root_uri.rstrip("/"):
+                return None
+            old = row[0].rstrip("/")
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE rtrim(artifact_location, '/') = ?",
+                        (root_uri, old))
+            con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                        "WHERE substr(artifact_uri, 1, ?) = ?", (root_uri.rstrip("/"), len(old) + 1, len(old) + 1,
+                                                                  old + "/"))
+        return old
+    finally:
+        con.close()

@@ -39,7 +39,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from eeray import faults  # noqa: E402
 from eeray.errors import is_number  # noqa: E402
-from eeray.mlflow_relocate import embedded_store, relocate  # noqa: E402
+from eeray.mlflow_store import creating, embedded_store, relocate  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
@@ -194,17 +194,19 @@ class MlflowTracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None = None,
                  time_origin_ms: int = 0):
-        self.client = MlflowClient(tracking_uri)
         self.uri = tracking_uri
         self.time_origin_ms = time_origin_ms  # timestamps = origin + step: identical when a point is re-sent
-        # creating the experiment creates the SQLite schema: once, in the driver, before any trial starts
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            location = Path(artifact_root).resolve().as_uri() if artifact_root else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
-                                                               tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-        else:
-            self.experiment_id = exp.experiment_id
+        # the first use creates the SQLite schema: once, in the driver, before any trial starts, under a lock that
+        # another driver starting on the same fresh store waits for (mlflow_store.creating)
+        with creating(tracking_uri):
+            self.client = MlflowClient(tracking_uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location,
+                                                                   tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            else:
+                self.experiment_id = exp.experiment_id
         # the results directory was copied or moved since the store was made: its artifacts stay inside it
         db = embedded_store(tracking_uri, artifact_root)
         self.relocated_from = relocate(db, self.experiment_id, Path(artifact_root).resolve().as_uri()) if db else None

@@ -330,3 +330,40 @@ def test_a_crafted_branch_point_state_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         store.get("tree", 7)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- also seen: two drivers on a fresh store
+_OPEN_STORE = """
+import sys, time
+from eeray.mlflow_mirror import MlflowTracker
+results, study, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(max(0.0, start - time.time()))  # both processes, MLflow imported, open the store at the same instant
+t = MlflowTracker(f"sqlite:///{results}/mlflow.db", study, f"{results}/mlartifacts")
+print(t.experiment_id)
+"""
+
+
+def test_two_drivers_opening_a_fresh_mlflow_store_at_once_both_get_their_experiment(tmp_path):
+    """Two studies started at the same moment on a fresh results directory both ran MLflow's schema migrations on
+    the new mlflow.db; one failed ("duplicate column name: step", "table experiments already exists", ...) and its
+    mirror turned itself off. The first use of the store is now held under a lock (eeray/mlflow_store.py)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    for attempt in range(2):  # without the lock, 6 of 6 such attempts had a driver fail (2 cores)
+        results = tmp_path / f"results{attempt}"
+        results.mkdir()
+        start = time.time() + 7  # after both have imported MLflow
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, str(results), study, str(start)], cwd=ROOT,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for study in ("first", "second")]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+        client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+        ids = {client.get_experiment_by_name(s).experiment_id for s in ("first", "second")}
+        assert ids == {out.strip() for out, _ in outs} and len(ids) == 2

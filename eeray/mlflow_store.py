@@ -1,12 +1,18 @@
-"""A results directory copied or moved elsewhere keeps its embedded MLflow store's artifacts inside itself.
+"""eeray's embedded MLflow store (``<results>/mlflow.db``, artifacts under ``<results>/mlartifacts``): made once by
+whichever driver comes first, and kept inside its results directory when that directory is copied or moved.
 
-MLflow's SQLite store keeps absolute artifact URIs: each experiment's ``artifact_location`` and each run's
-``artifact_uri``. After ``cp -a A B`` and ``--resume --results-dir B`` they still named A, so the resumed study wrote
-its MLflow artifacts into A (and recreated A when A had been moved away), and the UI served from B read A's files.
-MLflow has no API that changes either (an experiment's artifact location is fixed when it is created), so when eeray
-opens its *embedded* store — ``<results>/mlflow.db`` with artifacts under ``<results>/mlartifacts`` — from a
-directory other than the one that created it, it rewrites those two columns, every experiment and run that pointed
-at the old root, in one SQLite transaction. A tracking server's store belongs to the server and is never touched.
+**Made once** (:func:`creating`). MLflow creates a SQLite store's schema on first use by running its migrations, with
+no lock: two studies started at the same moment on a fresh results directory both ran them, and one failed
+(``duplicate column name: step``) and turned its mirror off. The first use of a SQLite store is held under an
+``flock`` on ``<db>.lock`` beside it, so the second driver finds the schema made.
+
+**Kept inside its directory** (:func:`relocate`). MLflow's SQLite store keeps absolute artifact URIs: each
+experiment's ``artifact_location`` and each run's ``artifact_uri``. After ``cp -a A B`` and ``--resume --results-dir
+B`` they still named A, so the resumed study wrote its MLflow artifacts into A (and recreated A when A had been moved
+away), and the UI served from B read A's files. MLflow has no API that changes either (an experiment's artifact
+location is fixed when it is created), so when eeray opens its *embedded* store from a directory other than the one
+that created it, it rewrites those two columns, every experiment and run that pointed at the old root, in one SQLite
+transaction. A tracking server's store belongs to the server and is never touched.
 
 This is MLflow's own schema (``experiments.artifact_location``, ``runs.artifact_uri``, unchanged since MLflow 1.x),
 the one place eeray writes it directly; tests/test_faults.py's copied-directory test reads the result back through
@@ -14,8 +20,23 @@ the one place eeray writes it directly; tests/test_faults.py's copied-directory 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import sqlite3
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def creating(tracking_uri: str):
+    """Hold the lock under which a local SQLite store is first used (its schema made); other URIs: no lock."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, and by the kernel if this process dies
+        yield
 
 
 def embedded_store(tracking_uri: str, artifact_root: str | Path | None) -> Path | None:

@@ -416,6 +416,21 @@ class Trial:
 
 
 def _hardware(device: torch.device) -> str:
+    """What decides a trial's floating-point results besides its config: the GPU, or on a CPU its model, the
+    instruction set PyTorch dispatches its kernels to (``AVX2``, ``AVX512``, ...: reductions are summed in a
+    different order) and the thread count, e.g. ``'AMD EPYC 7B13, AVX2 (1 threads)'``. A trial re-run on the same
+    hardware is bitwise its record; on another, it need not be (docs/reference.md, "Re-running a trial")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()

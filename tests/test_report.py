@@ -116,6 +116,39 @@ def test_report_tables_match_the_parquet_results(width_report):
     assert "with a single seed the intervals resample trials, not seeds" in index.read_text()
 
 
+def test_a_smoke_report_says_so_before_anything_else(width_report):
+    page = width_report[1].read_text()
+    assert "profile: smoke" in page
+    first_note = re.search(r'<p class="note">(.*?)</p>', page).group(1)
+    assert first_note.startswith("<strong>Smoke profile</strong>") and "say nothing about the question" in first_note
+
+
+def _overlapping_labels(ax) -> list[tuple[str, str]]:
+    """Pairs of neighbouring x tick labels whose drawn boxes intersect."""
+    boxes = [(t.get_text(), t.get_window_extent()) for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+    boxes.sort(key=lambda b: b[1].x0)
+    return [(a[0], b[0]) for a, b in zip(boxes, boxes[1:]) if a[1].x1 > b[1].x0]
+
+
+@pytest.mark.parametrize("sizes", [(68_770, 271_802), (6_956, 27_352), (2_330, 8_884), (1_000, 2_000_000)])
+def test_the_size_axis_labels_do_not_overlap(sizes):
+    """The width sweep's 'error ~ size' panels of two sizes each (its smoke run's: 68,770 and 271,802 parameters)
+    wrote eleven six-digit labels (50000 ... 300000) into one axis, overlapping."""
+    import numpy as np
+
+    from eeray.analysis import plots, stats
+    from eeray.analysis.measures import trial_measures
+
+    res = planted_results("size", seeds=range(3), widths=range(1, 5))
+    measures = trial_measures(res)
+    measures["d"] = np.where(np.arange(len(measures)) % 2, *sizes).astype(float)
+    fig = plots.plot_associations(measures, stats.association_table(measures, n_boot=50, seed=0), by=stats.BY)
+    fig.canvas.draw()
+    size_axes = [ax for ax in fig.axes if ax.get_xlabel() == "d"]
+    assert size_axes and all(len(ax.get_xticklabels()) >= 2 for ax in size_axes)
+    assert [p for ax in size_axes for p in _overlapping_labels(ax)] == []
+
+
 def test_report_renders_in_chromium_with_every_figure_loaded(width_report, chromium, tmp_path):
     _, index = width_report
     figures = sorted(p.name for p in (index.parent / "figures").glob("*.png"))
@@ -191,6 +224,7 @@ def test_report_of_another_study_with_a_failed_trial(tmp_path):
     sections = re.findall(r'<section id="([^"]+)"', page)
     assert sections == ["verdict", "training-curves", "associations", "outcomes", "q-t-sensitivity", "trials"]
     assert "1 trial(s) failed: m_c=1 seed=0" in page
+    assert "profile: not recorded" in page and "Smoke profile" not in page  # written without the CLI
     tables = Tables(page)
     row = tables.records("trials")[res.trials.loc[failed, "trial_id"]]
     assert row["status"] == "failed" and row["failure_reason"] == "diverged at step 30"

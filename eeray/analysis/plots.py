@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib import colormaps, rc_context
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullFormatter
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullFormatter
 
 from eeray.results import Results
 
@@ -189,8 +189,8 @@ def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, out
             ax = axes[i, j]
             for method, g in data.groupby("method"):
                 ax.scatter(g[x], g[outcome], s=22, alpha=0.75, color=colors[method], label=method)
-            if j == 1 and (data[x] > 0).all() and data[x].max() > 10 * data[x].min():
-                ax.set_xscale("log")
+            if j == 1:
+                _size_axis(ax, data[x])
             a = associations[(associations[by] == gv) & (associations["association"] == name)].iloc[0]
             ci = f"[{a.spearman_lo:+.2f}, {a.spearman_hi:+.2f}]" if np.isfinite(a.spearman_lo) else "[–]"
             rho = f"{a.spearman:+.2f} {ci}" if np.isfinite(a.spearman) else "undefined"
@@ -201,6 +201,17 @@ def plot_associations(measures: pd.DataFrame, associations: pd.DataFrame, *, out
     handles = [Line2D([], [], marker="o", linestyle="", color=c, label=m) for m, c in colors.items()]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small")
     return fig
+
+
+def _size_axis(ax, values: pd.Series) -> None:
+    """The size axis (parameter counts, 10³–10⁶): log when it spans more than a decade, at most five compact labels
+    ("75k", "1M") either way. Matplotlib's defaults wrote nine six-digit labels into one 4-inch axis, overlapping."""
+    if len(values) and (values > 0).all() and values.max() > 10 * values.min():
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log axes label minor ticks too when they span few decades
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
 
 
 def plot_partial_intervals(associations: pd.DataFrame, by: str | Sequence[str] = ("dataset", "family")) -> Figure:

@@ -9,6 +9,7 @@ results are byte-identical and a diff shows what changed.
 from __future__ import annotations
 
 import html
+import json
 import os
 from pathlib import Path
 
@@ -34,12 +35,20 @@ def check_study(results_dir: str | os.PathLike, study: str) -> None:
                          f"(pass the --results-dir the study wrote to, or set {RESULTS_ENV})")
 
 
-def _meta(ctx: Context, results_dir: Path, study: str) -> str:
+def recorded_profile(results_dir: Path, study: str) -> str | None:
+    """The profile the study ran with (``--smoke``, ``--profile``), from its execution.json; None when the study has
+    none (rows written without the CLI, e.g. by ``eeray.branching``'s Ray-free runner)."""
+    path = results_dir / study / "execution.json"
+    return json.loads(path.read_text())["profile"] if path.is_file() else None
+
+
+def _meta(ctx: Context, results_dir: Path, study: str, profile: str | None) -> str:
     m = ctx.measures
     done = int((m["status"] == "completed").sum())
     seeds = sorted(m["seed"].dropna().astype(int).unique().tolist())
     commits = sorted(ctx.results.trials["git_commit"].dropna().astype(str).str[:10].unique().tolist())
     parts = [f"results <code>{html.escape(str(results_dir / study))}</code>",
+             f"profile: {html.escape(profile or 'not recorded')}",
              f"{len(m)} trials ({done} completed, {len(m) - done} failed)",
              f"datasets: {html.escape(', '.join(sorted(m['dataset'].astype(str).unique())))}",
              f"seeds: {html.escape(', '.join(map(str, seeds)))}",
@@ -71,7 +80,12 @@ def write_report(results_dir: str | os.PathLike, study: str, out_dir: str | os.P
     if len(failed):
         notes.insert(0, f"{len(failed)} trial(s) failed: " + html.escape(", ".join(failed["trial_name"])) +
                      " (see the Trials table for the reasons; statistics use completed trials only).")
-    page = h.page(f"{study}: eeray study report", _meta(ctx, results_dir, study), sections, notes)
+    profile = recorded_profile(results_dir, study)
+    if profile == "smoke":  # first: every number below is from the pipeline check, not from the study
+        notes.insert(0, "<strong>Smoke profile</strong>: a few epochs and seeds that check the pipeline end to end. "
+                        "The tables and verdicts below come from that tiny run and say nothing about the question; "
+                        "run the study without <code>--smoke</code> for results.")
+    page = h.page(f"{study}: eeray study report", _meta(ctx, results_dir, study, profile), sections, notes)
     keep = {p.resolve() for p in ctx.figures} | {p.with_suffix(".svg").resolve() for p in ctx.figures}
     for stale in (out / "figures").glob("*.*"):  # figures of an earlier report that this one no longer has
         if stale.suffix in (".png", ".svg") and stale.resolve() not in keep:

@@ -42,6 +42,8 @@ class Rerun:
     seconds: float
     rows: dict[str, int]  # table -> rows compared (the record's)
     differences: dict[str, Difference | None]
+    hardware: str = ""  # the re-run's trials.hardware: CPU model, instruction set, threads (or the GPU)
+    recorded_hardware: Any = None  # the record's
 
     @property
     def equal(self) -> bool:
@@ -89,7 +91,8 @@ def rerun(results_dir: str, study: str, trial: str, *, threads: int | None = Non
     rerun_rows["trials"] = _frame("trials", study, tid, config, [
         {**summary, "trial_name": row["trial_name"], **{f"cfg.{k}": v for k, v in to_flat(config).items()}}])
     return Rerun(study, tid, row["trial_name"], str(device), row.get("device"), threads, seconds,
-                 {t: len(recorded[t]) for t in TABLES}, compare(recorded, rerun_rows))
+                 {t: len(recorded[t]) for t in TABLES}, compare(recorded, rerun_rows),
+                 result.summary["hardware"], row.get("hardware"))
 
 
 def recorded_threads(hardware: Any) -> int | None:
@@ -112,6 +115,10 @@ def report(r: Rerun) -> str:
     if r.recorded_device != r.device:  # e.g. recorded on cuda:0, re-run on a CPU-only machine
         lines.append(f"note: the record ran on {r.recorded_device}, this re-run on {r.device}: other kernels, so "
                      "bitwise equality is not expected")
+    elif r.recorded_hardware != r.hardware:  # another CPU model or instruction set: other kernels, other sums
+        lines.append(f"note: the record ran on {r.recorded_hardware!r}, this re-run on {r.hardware!r}: PyTorch's "
+                     "kernels for another CPU or instruction set sum in another order, so values may differ in the "
+                     "last bits and the differences grow over training (docs/results-schema.md, \"What is bitwise\")")
     if r.equal:
         lines.append("equal: " + ", ".join(_rows(n, t) for t, n in r.rows.items()))
     else:

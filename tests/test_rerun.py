@@ -7,6 +7,7 @@ The optimizer sweep's smoke has all three kinds: Standard trials, EE trunks (G̃
 (G̃ = L-BFGS, a set ``ee.exploit_optim`` whose rows before τ are their trunk's)."""
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,9 +33,11 @@ def _defined(study: str) -> dict:
     return {t.name: t.config for t in module.build("smoke").trials()}
 
 
-def _rerun(results_dir, trial: str, *args: str, study: str = STUDY) -> subprocess.CompletedProcess:
+def _rerun(results_dir, trial: str, *args: str, study: str = STUDY, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eeray.rerun", str(results_dir), "--study", study, "--trial", trial,
-                           *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           *args], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,7 @@ def test_a_standard_trial_and_an_ee_branch_rerun_bitwise_equal(record):
     steps = (results.steps.trial_id == results.trials.set_index("trial_name").trial_id[standard]).sum()
     assert f"equal: {steps} rows in steps, " in out.stdout and "1 row in trials" in out.stdout, out.stdout
     assert "steps: explore_seconds, exploit_seconds, eval_seconds;" in out.stdout  # what was not compared
+    assert "note:" not in out.stdout  # the same CPU, instruction set and threads as the record
 
     out = _rerun(results_dir, branch, "--json")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -79,6 +83,25 @@ def test_a_standard_trial_and_an_ee_branch_rerun_bitwise_equal(record):
     # compared with the whole history: the trunk's rows before the branch step and the branch's own after it
     assert got["rows"]["steps"] == (results.steps.trial_id == branch).sum() and got["rows"]["safety"] > 0
     assert (results.steps[results.steps.trial_id == branch].step < step).any()
+
+
+def test_a_rerun_on_another_instruction_set_says_so(record):
+    """PyTorch's CPU kernels forced to their plain (non-vector) versions, as on a CPU without AVX: the re-run's
+    hardware differs from the record's, and it says that bitwise equality is then not expected (measured: the
+    first step's loss already differs in the 9th digit; docs/results-schema.md, "What is bitwise")."""
+    import torch
+
+    results_dir, results = record
+    standard, _ = _pick(results)
+    recorded = results.trials.set_index("trial_name").hardware[standard]
+    assert recorded.endswith(f", {torch.backends.cpu.get_cpu_capability()} (1 threads)"), recorded
+    out = _rerun(results_dir, standard, env={"ATEN_CPU_CAPABILITY": "default"})
+    assert out.returncode in (0, 1), out.stdout + out.stderr  # 1: values differ, as expected across kernels
+    if torch.backends.cpu.get_cpu_capability() == "DEFAULT":  # this machine has no vector kernels to turn off
+        assert out.returncode == 0 and "note:" not in out.stdout, out.stdout
+    else:
+        assert f"note: the record ran on {recorded!r}, this re-run on " in out.stdout, out.stdout
+        assert ", DEFAULT (1 threads)'" in out.stdout and "What is bitwise" in out.stdout
 
 
 def test_a_record_one_ulp_off_is_named(record, tmp_path):

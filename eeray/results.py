@@ -41,6 +41,9 @@ SCHEMA_VERSION_KEY = b"eeray_schema_version"  # every file's Parquet metadata: t
 RENAMED = {"diagnostics": {"N": "gram_size"}}
 EMPTY_FILE = "part-empty.parquet"  # a table with no rows: no rows, the table's schema (outside readers' globs)
 COMPACTED_PREFIX = "part-"  # a compacted file (eeray.compaction); never a trial id (Tune's are hex)
+# the chunk of a trial's failure report: its rows after its last checkpoint (a trial continued from that checkpoint
+# re-emits them under their own chunks, and this one is then dropped: raytune/callback.py)
+FAILED_CHUNK = "999999999-failed"
 COVERS_KEY = b"eeray_covers"  # a compacted file's metadata: the names of the files whose rows it holds
 PARQUET_TABLES = ("trials", "steps", "diagnostics", "safety")  # the datasets under <results_dir>/<study>/
 PARTITIONS = {"trials": ("dataset",), "steps": ("dataset", "phase"), "diagnostics": ("dataset", "phase"),
@@ -271,6 +274,15 @@ class ResultsWriter:
         for path in (self.root / "trials").rglob("*.parquet"):
             if not path.name.startswith((".", "_", COMPACTED_PREFIX)):
                 yield path.stem, path
+
+    def drop_chunk(self, trial_id: str, chunk: str) -> list[Path]:
+        """Delete one chunk of one trial, in every table and partition; returns the files deleted."""
+        gone = []
+        for table in PARQUET_TABLES[1:]:
+            for path in (self.root / table).glob(f"*/*/{trial_id}-{chunk}.parquet"):
+                path.unlink()
+                gone.append(path)
+        return gone
 
     def delete_chunks_except(self, keep: set[str]) -> dict[str, int]:
         """Delete the chunk files of every trial not in ``keep``; returns trial id -> files deleted."""

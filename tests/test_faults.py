@@ -1,6 +1,7 @@
 """Issue 25: faults a user meets in the record, through the real CLI. Each test asserts what must happen instead
 of the fault: the documented exit status, one message naming what is wrong and the choices, every (trial, step)
 row exactly once against an undisturbed run, and nothing from the results directory executed."""
+import os
 import shutil
 
 import nbformat
@@ -130,6 +131,53 @@ def test_a_record_file_deleted_by_hand_is_named_at_resume_and_refused(undisturbe
 
     victim.write_bytes(good)
     _resumed_equals_reference(copy, undisturbed)
+
+
+# --------------------------------------------------------------------------- item 2: checkpoint storage full
+_FULL_THEN_FREED = """
+set -u
+mount -t tmpfs -o size=300k tmpfs "$STORAGE" || exit 90
+"$@" >"$OUT/first.txt" 2>&1; echo $? >"$OUT/first.rc"
+mount -o remount,size=50m "$STORAGE" || exit 91  # the user frees space
+"$@" --resume >"$OUT/second.txt" 2>&1; echo $? >"$OUT/second.rc"
+"""
+
+
+@pytest.mark.slow
+def test_a_full_checkpoint_storage_leaves_a_whole_record_and_resume_completes_it_once(undisturbed, tmp_path):
+    """Item 2: --storage on a file system that fills up. A checkpoint that could not be stored took its chunk's rows
+    with it while the trial's count kept them, so the record lacked rows its trials wrote and --resume refused
+    ('steps holds 0 of its 3 rows', exit 2). Now the failure carries those rows; once space is freed, --resume
+    continues each failed trial from its last checkpoint, and its failure chunk is dropped for the chunks it
+    re-emits: every row once, each trial as the undisturbed run's."""
+    import subprocess
+    import sys
+
+    from conftest import comparable
+
+    storage, results = tmp_path / "storage", tmp_path / "results"
+    storage.mkdir()
+    cmd = [sys.executable, str(ROOT / INTEGRITY), "--results-dir", str(results), "--storage", str(storage / "st"),
+           "--smoke"]  # its own Ray, inside the mount namespace that holds the small file system
+    ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    out = subprocess.run(ns + ["sh", "-c", _FULL_THEN_FREED, "sh", *cmd], cwd=ROOT, capture_output=True, text=True,
+                         timeout=900, env={**os.environ, "STORAGE": str(storage), "OUT": str(tmp_path),
+                                           "EERAY_TEST_SEEDS": ",".join(map(str, range(12)))})
+    assert out.returncode == 0 and "mount" not in out.stderr, out.stderr  # the small file system was made
+    first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
+    assert (tmp_path / "first.rc").read_text().strip() == "3", first[-3000:]  # trials failed: the disk was full
+    assert "OSError: [Errno 28] No space left on device" in first
+    assert (tmp_path / "second.rc").read_text().strip() == "0", second[-3000:]
+    assert "integrity: 12 trials (12 completed, 0 failed)" in second
+    res = load(results, "integrity")
+    assert not res.steps.duplicated(["trial_id", "step", "phase"]).any() and len(res.trials) == 12
+    held = res.steps.groupby("trial_id").size()
+    assert (res.trials.set_index("trial_id").steps_rows == held).all()  # each trial's count: the rows it holds
+    got, want = comparable(res), comparable(load(undisturbed, "integrity"))
+    names = want[0].index  # seeds 0 and 1, trained as the undisturbed run trained them
+    assert got[0].loc[names].equals(want[0])
+    assert got[1][got[1].trial_id.isin(names)].reset_index(drop=True).equals(want[1])
+    assert not list((results / "integrity").rglob("*-999999999-failed.parquet"))
 
 
 # --------------------------------------------------------------------------- item 5: a copied results directory

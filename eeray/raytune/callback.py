@@ -24,7 +24,7 @@ from eeray import compaction, faults, memory
 from eeray.compaction import COMPACT_EVERY
 from eeray.mlflow_mirror import STATUS_TO_MLFLOW, Mirror, metric_points
 from eeray.raytune.search_state import RECORDED_DONE
-from eeray.results import ResultsWriter
+from eeray.results import FAILED_CHUNK, ResultsWriter
 
 PROGRESS_EVERY_S = 30.0
 _ACTIVE: "StudyRecorder | None" = None  # the recorder of the driver running in this process
@@ -283,6 +283,12 @@ class StudyRecorder:
                                      summary),
                **{f"cfg.{k}": v for k, v in cfg.items()}}
         t0 = time.perf_counter()
+        if status != "failed" and self.ended.get(trial.trial_id) == "failed":
+            # recorded as failed (its storage was full, ...), continued from its last checkpoint by --resume, and now
+            # ended otherwise: its re-emitted chunks hold every row of the failure's chunk, which goes before the new
+            # trials row (a kill between the two leaves the old row's rows all there, once)
+            for path in self.writer.drop_chunk(trial.trial_id, FAILED_CHUNK):
+                self._loose.get(trial.trial_id, set()).discard(path)
         self._loose.setdefault(trial.trial_id, set()).add(self.writer.write_trial(trial.trial_id, row, cfg["data.name"]))
         t1 = time.perf_counter()
         faults.reached("trial_row")

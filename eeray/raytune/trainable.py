@@ -26,6 +26,7 @@ from ray import tune
 
 from eeray.config import to_flat
 from eeray.records import RECORD_STREAMS
+from eeray.results import FAILED_CHUNK
 from eeray.trial import run_trial
 
 STATE_FILE = "trial.pt"
@@ -61,23 +62,30 @@ class TuneSink:
                 state = {**state, ROWS_KEY: metrics["record_rows"]}  # a new dict: a branch point's state stays as it is
             torch.save(state, os.path.join(d, STATE_FILE))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            self._sent(metrics)
 
     def fail(self, reason: str) -> None:
         """A deterministic failure: report the rows so far and the reason; no retry helps."""
-        metrics = self._metrics("999999999-failed")
+        metrics = self._metrics(FAILED_CHUNK)
         metrics["failure_reason"] = reason
         tune.report(metrics)
+        self._sent(metrics)
 
     def _metrics(self, chunk: str) -> dict[str, Any]:
+        """The result that reports the rows emitted since the last report, and the counts including them."""
         # Tune adds node_ip to every result; on one machine (a rehearsal) several nodes share an IP: Ray's node id
         # tells them apart
-        if self.counted is not None:
-            self.counted = {t: n + len(self.rows[t]) for t, n in self.counted.items()}
-        metrics = {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat,
-                   "node_id": ray.get_runtime_context().get_node_id(),
-                   "record_rows": None if self.counted is None else dict(self.counted)}
+        counted = None if self.counted is None else {t: n + len(self.rows[t]) for t, n in self.counted.items()}
+        return {**self.latest, "chunk": chunk, "rows": self.rows, "config_flat": self.config_flat,
+                "node_id": ray.get_runtime_context().get_node_id(), "record_rows": counted}
+
+    def _sent(self, metrics: dict[str, Any]) -> None:
+        """Tune took the result: its rows are on their way to the driver. Only then are they counted and let go: a
+        report that raised (its checkpoint could not be stored: a full disk) reached no one, and the failure
+        reported next carries its rows, where they were dropped while the trial's count kept them ('steps holds 0
+        of its 3 rows' at --resume, which then refused)."""
+        self.counted = metrics["record_rows"]
         self.rows = {t: [] for t in RECORD_STREAMS}
-        return metrics
 
 
 # I/O errors that another attempt can outlive (a storage hiccup, a stale NFS handle, a dropped connection); a

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from eeray.mlflow_store import sqlite_file
+
 # SQLite's unix VFS opens paths shorter than 512 bytes and appends "-journal" (8 bytes) to the database's own:
 # measured here, a mlflow.db path of 504 bytes opens and one of 505 does not ("unable to open database file"),
 # which MLflow retries for about 100 s before the mirror gives up
@@ -42,8 +44,8 @@ def too_long(study_dir: str | os.PathLike, tracking_uri: str) -> str | None:
     """Why paths under ``study_dir`` (and the embedded MLflow store, when ``tracking_uri`` is one) are too long for
     the file system or for SQLite; None when they fit."""
     study_dir = Path(study_dir).absolute()
-    if tracking_uri.startswith("sqlite:///"):
-        db = tracking_uri.removeprefix("sqlite:///")
+    db = sqlite_file(tracking_uri)
+    if db is not None:
         if len(os.fsencode(db)) > SQLITE_MAX_PATH:
             return (f"the embedded MLflow store {db} would be a path of {len(os.fsencode(db))} bytes, and SQLite "
                     f"opens at most {SQLITE_MAX_PATH}: choose a --results-dir of at most "

@@ -26,13 +26,19 @@ import sqlite3
 from pathlib import Path
 
 
+def sqlite_file(tracking_uri: str) -> str | None:
+    """The file of a local SQLite tracking URI (``sqlite:////abs/mlflow.db`` -> ``/abs/mlflow.db``), else None."""
+    return tracking_uri.removeprefix("sqlite:///") if tracking_uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def creating(tracking_uri: str):
     """Hold the lock under which a local SQLite store is first used (its schema made); other URIs: no lock."""
-    if not tracking_uri.startswith("sqlite:///"):
+    file = sqlite_file(tracking_uri)
+    if file is None:
         yield
         return
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(file)
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, and by the kernel if this process dies
@@ -41,9 +47,10 @@ def creating(tracking_uri: str):
 
 def embedded_store(tracking_uri: str, artifact_root: str | Path | None) -> Path | None:
     """The SQLite file of ``tracking_uri`` when it is eeray's embedded store beside ``artifact_root``, else None."""
-    if artifact_root is None or not tracking_uri.startswith("sqlite:///"):
+    file = sqlite_file(tracking_uri)
+    if artifact_root is None or file is None:
         return None
-    db = Path(tracking_uri[len("sqlite:///"):])
+    db = Path(file)
     return db if db.parent == Path(artifact_root).resolve().parent else None
 
 

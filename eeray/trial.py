@@ -419,7 +419,7 @@ def _hardware(device: torch.device) -> str:
     """What decides a trial's floating-point results besides its config: the GPU, or on a CPU its model, the
     instruction set PyTorch dispatches its kernels to (``AVX2``, ``AVX512``, ...: reductions are summed in a
     different order) and the thread count, e.g. ``'AMD EPYC 7B13, AVX2 (1 threads)'``. A trial re-run on the same
-    hardware is bitwise its record; on another, it need not be (docs/reference.md, "Re-running a trial")."""
+    hardware is bitwise its record; on another, it need not be (docs/results-schema.md, "What is bitwise")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"

@@ -131,7 +131,7 @@ def _tune_trial_name(trial) -> str:
     """Tune's trial names are the study's readable ones ("ee c=0.5 m_c=2 seed=1"). A module function, not an
     object holding the Study: Tune keeps the creator in every trial's saved state, and a pickled Study made 7 of
     the 23 KB per trial of the experiment state that Tune rewrites every 10 s and that fit() reads back whole at
-    its end, one Study unpickled per trial (benchmarks/results/scale_cpu.md)."""
+    its end, one Study unpickled per trial (benchmarks/README.md, "Scale on a quiet machine")."""
     return trial_name(trial.config).replace("/", "_")[:120] or "trial"
 
 

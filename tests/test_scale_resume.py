@@ -67,14 +67,18 @@ def test_a_kill_with_tunes_state_behind_the_record_then_resume_runs_each_trial_o
 
 def assert_tune_keeps_no_rows(experiment):
     """Tune keeps every checkpoint of a trial with the metrics reported beside it, in its saved state (and the
-    driver's memory): none of them may hold a chunk's rows or the flat config, which are in Parquet."""
+    driver's memory): none of them may hold a chunk's rows or the flat config, which are in Parquet. An ended
+    trial keeps no running statistics of its metrics either (callback._forget_reported_rows)."""
     from ray.tune.trainable.metadata import _TrainingRunMetadata
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
     state = _loads_with_cloudpickle(max(experiment.glob("experiment_state-*.json")).read_text())
     checked = 0
-    for _trial, run_metadata in state["trial_data"]:
-        manager = _TrainingRunMetadata.from_json_state(run_metadata).checkpoint_manager
+    for trial, run_metadata in state["trial_data"]:
+        metadata = _TrainingRunMetadata.from_json_state(run_metadata)
+        assert _loads_with_cloudpickle(trial)["status"] == "TERMINATED"
+        assert metadata.metric_analysis == {} and metadata.metric_n_steps == {}, sorted(metadata.metric_analysis)
+        manager = metadata.checkpoint_manager
         for result in [*manager._checkpoint_results, manager._latest_checkpoint_result]:
             if result is not None:
                 assert not {"rows", "config_flat"} & set(result.metrics), sorted(result.metrics)

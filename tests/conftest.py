@@ -179,14 +179,13 @@ def reap_killed(proc: _subprocess.Popen, timeout: int = 600) -> None:
 
 
 # --------------------------------------------------------------------------- comparing a disturbed run with a reference
-CLUSTER_TIMING = ("explore_seconds", "exploit_seconds", "eval_seconds", "diag_seconds", "seconds_gram",
-                  "seconds_decision", "seconds_second_test", "seconds_total", "seconds_eigh", "seconds_krylov")
+from eeray.row_compare import excluded  # noqa: E402 -- the wall-clock columns, named by the schema's own rule
 
 
 def comparable(res):
     """Trial name -> final metrics; (trial, step, phase) -> every steps column but timings."""
     names = res.trials.set_index("trial_id").trial_name
-    steps = res.steps.drop(columns=[c for c in CLUSTER_TIMING if c in res.steps.columns] + ["study"])
+    steps = res.steps.drop(columns=excluded("steps", res.steps.columns) + ["study"])  # wall-clock: never equal
     steps = steps.assign(trial_id=steps.trial_id.map(names)).sort_values(["trial_id", "step", "phase"])
     finals = res.trials.set_index("trial_name")[["status", "final_train_loss", "final_train_error",
                                                  "final_test_error"]].sort_index()

@@ -23,7 +23,6 @@ deleted, and a covered file is deleted only after the partition file holding its
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eeray.results import COMPACTED_PREFIX, COVERS_KEY, PARQUET_TABLES, covered, upgrade
+from eeray.results import COMPACTED_PREFIX, COVERS_KEY, PARQUET_TABLES, covered, upgrade, write_whole
 
 COMPACT_EVERY = 250  # ended trials per compaction: ~12 partition files per partition at 3,000 trials
 
@@ -67,9 +66,8 @@ def compact(files: Iterable[Path]) -> int:
         meta[COVERS_KEY] = json.dumps([f.name for f in group]).encode()
         table = table.replace_schema_metadata(meta)
         name = f"{COMPACTED_PREFIX}{uuid.uuid4().hex[:12]}.parquet"
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, directory / name)  # from here load skips the covered files
+        # from here load skips the covered files
+        write_whole(directory / name, lambda tmp: pq.write_table(table, tmp))
         for f in group:
             f.unlink()
         n += len(group)

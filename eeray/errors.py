@@ -1,4 +1,4 @@
-"""The one shape of eeray's input errors, and the one check of "a number".
+"""The one shape of eeray's input errors, the one check of "a number", and an exception's chain of causes.
 
 Every refusal of a value names the field, the value and what would be valid; :class:`FieldError` is that shape.
 ``ConfigError`` (configs and studies), ``DiagnosticsError`` (the diagnostics' arguments) and ``LossError`` (a
@@ -46,3 +46,13 @@ def is_number(v: Any, finite: bool = True) -> bool:
 def is_integer(v: Any) -> bool:
     """An integer, not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def chain(exc: BaseException | None):
+    """``exc``, then what caused it (``raise ... from``) or what it was raised while handling, outermost first:
+    what a library's wrapper (Tune's ``TuneError``, SQLAlchemy's ``OperationalError``) hides."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        yield exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__

@@ -23,6 +23,7 @@ Embedded default: SQLite under the results directory; ``MLFLOW_TRACKING_URI`` po
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -38,7 +39,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from eeray import faults  # noqa: E402
-from eeray.errors import is_number  # noqa: E402
+from eeray.errors import chain, is_number  # noqa: E402
 from eeray.mlflow_store import creating, embedded_store, relocate  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
@@ -348,11 +349,18 @@ class MlflowTracker:
         return self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=50000)
 
 
+def _first_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+
+
 class Mirror:
     """A study's MLflow mirror, failure-isolated: the first failed call prints one warning (what happened and the
     command that rebuilds the mirror from Parquet) and turns mirroring off for the rest of this run."""
 
     def __init__(self, open_tracker: Callable[[], MlflowTracker], sync_command: str):
+        # the embedded store logs each failed SQL statement with a traceback (a full disk: one per write) before
+        # it raises; the warning below says the same once, with the cause and the command that completes the mirror
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self._open = open_tracker
         self._tracker: MlflowTracker | None = None
         self.sync_command = sync_command
@@ -366,8 +374,10 @@ class Mirror:
                 self._tracker = self._open()
             return fn(self._tracker)
         except Exception as exc:  # noqa: BLE001 — any MLflow failure: the record must not depend on it
-            text = (str(exc).strip().splitlines() or [""])[0][:300]
-            self.offline = f"{what} failed: {type(exc).__name__}: {text}"
+            self.offline = f"{what} failed: {_first_line(exc)}"
+            *_, root = chain(exc)
+            if root is not exc:  # SQLAlchemy's first line is its own preamble; the cause says what happened
+                self.offline += f" (cause: {_first_line(root)})"
             print(f"warning: MLflow mirror off for the rest of this run ({self.offline}). The study goes on and "
                   f"Parquet stays complete; once MLflow is reachable, complete the mirror with:\n    "
                   f"{self.sync_command}", file=sys.stderr, flush=True)

@@ -294,13 +294,38 @@ class ResultsWriter:
         return deleted
 
     def _write(self, path: Path, table: pa.Table) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # partition values live in the directory names; to_table gave the table every schema column
         table = table.drop_columns(list(PARTITIONS[table.schema.metadata[b"eeray_table"].decode()]))
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
-        return path
+        return write_whole(path, lambda tmp: pq.write_table(table, tmp))
+
+
+class RecordWriteError(OSError):
+    """A file of the study's record could not be written (a full disk, a read-only or vanished mount). Nothing of
+    it is on disk (:func:`write_whole`), so the record holds every row written before it; the driver stops, names
+    the file and prints the command that continues (docs/reference.md, Exit status)."""
+
+    def __init__(self, path: Path, cause: OSError):
+        # the system's words for the errno: pyarrow's own message wraps them ("Error writing bytes to file. ...")
+        super().__init__(cause.errno, f"{os.strerror(cause.errno) if cause.errno else cause}: {path}")
+        self.path, self.cause = path, cause
+
+
+def write_whole(path: Path, write) -> Path:
+    """``write(tmp)`` into a hidden file beside ``path``, then rename it to ``path``: readers see the old file or
+    the new one, never a part. A write that fails leaves nothing behind (no part file, no space taken) and raises
+    :class:`RecordWriteError` naming ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)  # atomic on POSIX
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise RecordWriteError(path, exc) from exc
+    except BaseException:  # Ctrl-C inside the write: no part file either
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 # --------------------------------------------------------------------------- reading

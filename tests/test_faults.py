@@ -180,6 +180,61 @@ def test_a_full_checkpoint_storage_leaves_a_whole_record_and_resume_completes_it
     assert not list((results / "integrity").rglob("*-999999999-failed.parquet"))
 
 
+_RESULTS_FILLED_THEN_FREED = """
+set -u
+mount -t tmpfs -o size=32m tmpfs "$RESULTS" || exit 90
+"$@" >"$OUT/first.txt" 2>&1 &
+pid=$!
+until ls "$RESULTS"/integrity/steps/*/*/*.parquet >/dev/null 2>&1; do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+dd if=/dev/zero of="$RESULTS/ballast" bs=64k >/dev/null 2>&1  # something else fills the disk, to the last block
+wait $pid; echo $? >"$OUT/first.rc"
+find "$RESULTS" -name '.*.tmp' >"$OUT/part-files.txt"
+rm "$RESULTS/ballast"  # the user frees space
+"$@" --resume >"$OUT/second.txt" 2>&1; echo $? >"$OUT/second.rc"
+cp -a "$RESULTS" "$OUT/record"  # the mount goes with the namespace
+"""
+
+
+@pytest.mark.slow
+def test_a_full_results_disk_stops_the_study_naming_the_file_and_resume_completes_it_once(undisturbed, tmp_path):
+    """Item 2, the results directory: the disk holding the record fills while trials run (Tune's checkpoints are
+    elsewhere). The driver died with two tracebacks (the chunk's, then execution.json's hiding it, exit 1) and left
+    a part file. Now it stops with one message naming the file and the command that continues, exit 1, and no
+    part file; once space is freed, --resume completes every trial: every row once, each as undisturbed."""
+    import subprocess
+    import sys
+
+    from conftest import check_mlflow, comparable
+
+    results, storage = tmp_path / "results", tmp_path / "storage"
+    results.mkdir()
+    cmd = [sys.executable, str(ROOT / INTEGRITY), "--results-dir", str(results), "--storage", str(storage / "st"),
+           "--smoke"]  # its own Ray, inside the mount namespace that holds the small file system
+    ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    out = subprocess.run(ns + ["sh", "-c", _RESULTS_FILLED_THEN_FREED, "sh", *cmd], cwd=ROOT, capture_output=True,
+                         text=True, timeout=900, env={**os.environ, "RESULTS": str(results), "OUT": str(tmp_path),
+                                                      "EERAY_TEST_SEEDS": ",".join(map(str, range(12)))})
+    assert out.returncode == 0 and "mount" not in out.stderr, out.stderr  # the small file system was made
+    first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
+    assert (tmp_path / "first.rc").read_text().strip() == "1", first[-3000:]
+    errors = [line for line in first.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the study stopped: its record could not be written: [Errno 28] No space left on " \
+        f"device: {results}/integrity/" in errors[0], first[-3000:]
+    assert "Traceback" not in first and "Continue with:" in first and "--resume" in first
+    assert (tmp_path / "part-files.txt").read_text() == ""  # nothing half-written, no space held by a part file
+    assert (tmp_path / "second.rc").read_text().strip() == "0", second[-3000:]
+    assert "integrity: 12 trials (12 completed, 0 failed)" in second
+    record = tmp_path / "record"
+    res = load(record, "integrity")
+    assert not res.steps.duplicated(["trial_id", "step", "phase"]).any() and len(res.trials) == 12
+    assert (res.trials.set_index("trial_id").steps_rows == res.steps.groupby("trial_id").size()).all()
+    got, want = comparable(res), comparable(load(undisturbed, "integrity"))
+    names = want[0].index  # seeds 0 and 1, trained as the undisturbed run trained them
+    assert got[0].loc[names].equals(want[0])
+    assert got[1][got[1].trial_id.isin(names)].reset_index(drop=True).equals(want[1])
+    check_mlflow(record, "integrity", res.trials.trial_name)  # the runs the full disk cut off are closed
+
+
 # --------------------------------------------------------------------------- item 5: a copied results directory
 def _files(root):
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}

@@ -43,6 +43,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
+from eeray.errors import chain  # noqa: E402
 from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
 from eeray.mlflow_mirror import (Mirror, MlflowTracker, classic_view_url,  # noqa: E402
                                  default_tracking_uri, definition_view, ui_command, view_key)
@@ -52,14 +53,14 @@ from eeray.raytune.search_state import (apply_record, drop_staged_state, reconci
 from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
-from eeray.results import load  # noqa: E402
+from eeray.results import RecordWriteError, load, write_whole  # noqa: E402
 from eeray.run_lock import StudyLock, StudyLocked  # noqa: E402
 from eeray.study import Study, trial_name  # noqa: E402
 
 EXECUTION_FILE = "execution.json"
 MARKER_FILE = ".eeray-study"  # written into every study directory eeray creates: --fresh deletes only those
 TUNE_DIR = "_tune"
-EXIT_OK, EXIT_REFUSED, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def git_commit() -> str:
@@ -224,7 +225,7 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         # for its own grid search. Optuna studies keep one; --max-concurrent N keeps Tune's N.
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(max(200, int(ray.cluster_resources().get("CPU", 1) * 1.1)))
     t0 = time.perf_counter()
-    outcome = "failed"
+    outcome, record_error = "failed", None
     try:
         try:
             restorable = _catch_up_with_record(study, storage, meta, recorder, results_dir, mirror)
@@ -255,17 +256,25 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
                     break  # interrupted (Ctrl-C): the later segments wait for --resume
         except KeyboardInterrupt:  # a second Ctrl-C, or one outside Tune's own handler
             pass
+        except Exception as exc:  # noqa: BLE001 -- only a failed write of the record is handled; the rest re-raised
+            record_error = _record_write_error(exc)
+            if record_error is None:
+                raise
         finished = dict(recorder.ended)
         # a table no trial wrote to reads as empty with its schema, not as a missing folder (outside readers); only
         # after the trials ran (or were interrupted): a driver that fails with an error adds nothing to the record
-        recorder.writer.write_empty_tables(study.base.data.name)
+        if record_error is None:
+            recorder.writer.write_empty_tables(study.base.data.name)
         unfinished = expected - len(finished)
         failed = sum(s == "failed" for s in finished.values())
-        outcome = "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")
+        outcome = "record_failed" if record_error else \
+            "interrupted" if unfinished > 0 else ("trials_failed" if failed else "completed")
     finally:
         if cluster.started:
             ray.shutdown()
-        recorder.compact()  # the rest of this run's done trials: the record stays a few files per partition
+        # the rest of this run's done trials: the record stays a few files per partition. Tidiness, not the record:
+        # on a full disk the next --resume compacts (callback.catch_up_files), and the first error is the one told
+        _unless_full(recorder.compact, "compacting this run's files: the next --resume does")
         wall = time.perf_counter() - t0
         faults.reached("study_end")
         status = {"completed": "FINISHED", "trials_failed": "FINISHED", "interrupted": "KILLED"}.get(outcome, "FAILED")
@@ -273,9 +282,30 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
         meta.setdefault("runs", []).append({"wall_seconds": wall, "write_seconds": dict(recorder.write_seconds),
                                             "resumed": bool(args.resume), "outcome": outcome,
                                             "cluster": cluster.description})
-        _write_execution(study_dir, meta)  # what the run cost, for benchmarks/orchestration.py
+        # what the run cost, for benchmarks/orchestration.py
+        _unless_full(lambda: _write_execution(study_dir, meta), "adding this run's costs to execution.json")
     _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description, args)
-    return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED}[outcome]
+    if record_error is not None:
+        print(f"\nerror: the study stopped: its record could not be written: {record_error}. The record holds every "
+              f"row written before it (a file is written whole or not at all). Free space there (or make it "
+              f"writable), then continue with the command above.", file=sys.stderr, flush=True)
+    return {"completed": EXIT_OK, "trials_failed": EXIT_TRIALS_FAILED, "interrupted": EXIT_INTERRUPTED,
+            "record_failed": EXIT_FAILED}[outcome]
+
+
+def _record_write_error(exc: BaseException) -> RecordWriteError | None:
+    """The failed write of the record behind ``exc``, if that is what it is: raised in the callback, it reaches
+    here wrapped (Tune raises a ``TuneError`` while handling it)."""
+    return next((e for e in chain(exc) if isinstance(e, RecordWriteError)), None)
+
+
+def _unless_full(write, what: str) -> None:
+    """A write the record does not depend on, at the end of a run: on a full disk, a warning instead of an error
+    that would hide the one that stopped the study."""
+    try:
+        write()
+    except RecordWriteError as exc:
+        print(f"warning: {what}: {exc}", file=sys.stderr, flush=True)
 
 
 def _interrupt_on_termination() -> None:
@@ -500,9 +530,8 @@ def _storage(study_dir: Path, meta: dict) -> str:
 
 
 def _write_execution(study_dir: Path, meta: dict) -> None:
-    tmp = study_dir / f".{EXECUTION_FILE}.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, study_dir / EXECUTION_FILE)
+    text = json.dumps(meta, indent=2, default=str)
+    write_whole(study_dir / EXECUTION_FILE, lambda tmp: tmp.write_text(text))
 
 
 class _NoTuneRestoreHint(logging.Filter):

@@ -150,34 +150,46 @@ def test_a_full_checkpoint_storage_leaves_a_whole_record_and_resume_completes_it
     ('steps holds 0 of its 3 rows', exit 2). Now the failure carries those rows; once space is freed, --resume
     continues each failed trial from its last checkpoint, and its failure chunk is dropped for the chunks it
     re-emits: every row once, each trial as the undisturbed run's."""
-    import subprocess
-    import sys
-
-    from conftest import comparable
-
     storage, results = tmp_path / "storage", tmp_path / "results"
     storage.mkdir()
-    cmd = [sys.executable, str(ROOT / INTEGRITY), "--results-dir", str(results), "--storage", str(storage / "st"),
-           "--smoke"]  # its own Ray, inside the mount namespace that holds the small file system
-    ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
-    out = subprocess.run(ns + ["sh", "-c", _FULL_THEN_FREED, "sh", *cmd], cwd=ROOT, capture_output=True, text=True,
-                         timeout=900, env={**os.environ, "STORAGE": str(storage), "OUT": str(tmp_path),
-                                           "EERAY_TEST_SEEDS": ",".join(map(str, range(12)))})
-    assert out.returncode == 0 and "mount" not in out.stderr, out.stderr  # the small file system was made
+    _run_in_mount_namespace(_FULL_THEN_FREED, results, storage, tmp_path, STORAGE=str(storage))
     first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "3", first[-3000:]  # trials failed: the disk was full
     assert "OSError: [Errno 28] No space left on device" in first
     assert (tmp_path / "second.rc").read_text().strip() == "0", second[-3000:]
     assert "integrity: 12 trials (12 completed, 0 failed)" in second
+    _every_row_once_as_undisturbed(results, undisturbed)
+    assert not list((results / "integrity").rglob("*-999999999-failed.parquet"))
+
+
+def _run_in_mount_namespace(script: str, results, storage, out, **env) -> None:
+    """The integrity study (12 seeds, its own Ray) run by ``script`` inside a mount namespace of its own, where the
+    script mounts a small file system; ``$@`` is the study's command line, ``$OUT`` where its outputs go."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / INTEGRITY), "--results-dir", str(results), "--storage", str(storage / "st"),
+           "--smoke"]  # its own Ray, inside the mount namespace that holds the small file system
+    ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    done = subprocess.run(ns + ["sh", "-c", script, "sh", *cmd], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **env, "OUT": str(out),
+                                            "EERAY_TEST_SEEDS": ",".join(map(str, range(12)))})
+    assert done.returncode == 0 and "mount" not in done.stderr, done.stderr  # the small file system was made
+
+
+def _every_row_once_as_undisturbed(results, undisturbed) -> None:
+    """12 trials, every step row once, each trial's count the rows it holds, seeds 0 and 1 trained as the
+    undisturbed run trained them."""
+    from conftest import comparable
+
     res = load(results, "integrity")
     assert not res.steps.duplicated(["trial_id", "step", "phase"]).any() and len(res.trials) == 12
     held = res.steps.groupby("trial_id").size()
     assert (res.trials.set_index("trial_id").steps_rows == held).all()  # each trial's count: the rows it holds
     got, want = comparable(res), comparable(load(undisturbed, "integrity"))
-    names = want[0].index  # seeds 0 and 1, trained as the undisturbed run trained them
+    names = want[0].index  # seeds 0 and 1
     assert got[0].loc[names].equals(want[0])
     assert got[1][got[1].trial_id.isin(names)].reset_index(drop=True).equals(want[1])
-    assert not list((results / "integrity").rglob("*-999999999-failed.parquet"))
 
 
 _RESULTS_FILLED_THEN_FREED = """
@@ -201,20 +213,11 @@ def test_a_full_results_disk_stops_the_study_naming_the_file_and_resume_complete
     elsewhere). The driver died with two tracebacks (the chunk's, then execution.json's hiding it, exit 1) and left
     a part file. Now it stops with one message naming the file and the command that continues, exit 1, and no
     part file; once space is freed, --resume completes every trial: every row once, each as undisturbed."""
-    import subprocess
-    import sys
-
-    from conftest import check_mlflow, comparable
+    from conftest import check_mlflow
 
     results, storage = tmp_path / "results", tmp_path / "storage"
     results.mkdir()
-    cmd = [sys.executable, str(ROOT / INTEGRITY), "--results-dir", str(results), "--storage", str(storage / "st"),
-           "--smoke"]  # its own Ray, inside the mount namespace that holds the small file system
-    ns = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
-    out = subprocess.run(ns + ["sh", "-c", _RESULTS_FILLED_THEN_FREED, "sh", *cmd], cwd=ROOT, capture_output=True,
-                         text=True, timeout=900, env={**os.environ, "RESULTS": str(results), "OUT": str(tmp_path),
-                                                      "EERAY_TEST_SEEDS": ",".join(map(str, range(12)))})
-    assert out.returncode == 0 and "mount" not in out.stderr, out.stderr  # the small file system was made
+    _run_in_mount_namespace(_RESULTS_FILLED_THEN_FREED, results, storage, tmp_path, RESULTS=str(results))
     first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
     assert (tmp_path / "first.rc").read_text().strip() == "1", first[-3000:]
     errors = [line for line in first.splitlines() if line.startswith("error:")]
@@ -225,14 +228,8 @@ def test_a_full_results_disk_stops_the_study_naming_the_file_and_resume_complete
     assert (tmp_path / "second.rc").read_text().strip() == "0", second[-3000:]
     assert "integrity: 12 trials (12 completed, 0 failed)" in second
     record = tmp_path / "record"
-    res = load(record, "integrity")
-    assert not res.steps.duplicated(["trial_id", "step", "phase"]).any() and len(res.trials) == 12
-    assert (res.trials.set_index("trial_id").steps_rows == res.steps.groupby("trial_id").size()).all()
-    got, want = comparable(res), comparable(load(undisturbed, "integrity"))
-    names = want[0].index  # seeds 0 and 1, trained as the undisturbed run trained them
-    assert got[0].loc[names].equals(want[0])
-    assert got[1][got[1].trial_id.isin(names)].reset_index(drop=True).equals(want[1])
-    check_mlflow(record, "integrity", res.trials.trial_name)  # the runs the full disk cut off are closed
+    _every_row_once_as_undisturbed(record, undisturbed)
+    check_mlflow(record, "integrity", load(record, "integrity").trials.trial_name)  # the runs the full disk cut off are closed
 
 
 # --------------------------------------------------------------------------- item 5: a copied results directory

@@ -274,6 +274,57 @@ def test_verdict_stability_on_planted_structures():
     assert table.loc[0, "verdict"].startswith("not stable: 2 seed(s): too few")
 
 
+def _reference_estimates(error, alignment, size):
+    """The ten numbers of ``estimates`` one resample at a time, from scipy: Spearman as np.corrcoef of scipy's
+    ranks, Kendall τ-b from scipy.stats.kendalltau, partials from partial_from."""
+    from eeray.analysis.stats import partial_from
+
+    cols = (error, alignment, size)
+    ok = [len(c) > 2 and c.max() > c.min() for c in cols]
+    if sum(ok) < 2:
+        return np.full(10, np.nan)
+    ranks = np.array([sps.rankdata(c) if v else np.zeros(len(c)) for c, v in zip(cols, ok)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.corrcoef(ranks)
+    pairs = ((0, 1), (0, 2), (1, 2))
+    ea, es, as_ = (rho[i, j] if ok[i] and ok[j] else np.nan for i, j in pairs)
+    kendall = [sps.kendalltau(cols[i], cols[j]).statistic if ok[i] and ok[j] else np.nan for i, j in pairs]
+    p_align = partial_from(ea, es, as_) if ok[2] else ea
+    p_size = partial_from(es, ea, as_) if ok[1] else es
+    return np.array([ea, es, as_, p_align, p_size, *kendall, np.nan, np.nan], dtype=float)
+
+
+@pytest.mark.parametrize("pairwise_max", [256, 4])  # Kendall from pair signs, and through scipy for large N
+def test_batched_estimates_are_scipys_numbers_bit_for_bit(monkeypatch, pairwise_max):
+    from eeray.analysis import stats
+
+    monkeypatch.setattr(stats, "PAIRWISE_KENDALL_MAX", pairwise_max)
+    rng = np.random.default_rng(1)
+    for n in [1, 2, 3, 4, 5, 8, 13, 39]:
+        x = rng.normal(size=(40, n, 3))
+        x[:10, :, 2] = np.round(x[:10, :, 2])  # ties, as sizes have
+        x[10:20, :, 1] = rng.integers(0, 3, (10, n))  # heavy ties, as Q_T has
+        x[20:25, :, 1] = 1.0  # alignment constant
+        x[25:30, :, 2] = 2.0  # size constant
+        x[30:33, :, 0] = 0.0  # error constant
+        x[33:35, :, 1:] = 5.0  # only error varies: nothing to correlate
+        want = np.array([_reference_estimates(*xi.T) for xi in x])
+        np.testing.assert_array_equal(stats.batch_estimates(x), want)  # NaN where NaN, every other bit equal
+        np.testing.assert_array_equal(estimates(*x[3].T), want[3])
+
+
+def test_the_batched_bootstrap_draws_and_computes_what_cluster_bootstrap_does():
+    from eeray.analysis.stats import _bootstrap_estimates
+
+    rng = np.random.default_rng(2)
+    data = np.round(rng.normal(size=(60, 3)), 1)
+    for clusters in (np.repeat(np.arange(6), 10), np.array([0] * 7 + [1] * 13 + [2] * 10 + [3] * 30), np.zeros(60)):
+        want, unit = cluster_bootstrap(data, clusters, _reference_estimates, n_boot=200, seed=5)
+        got, got_unit = _bootstrap_estimates(data, clusters, 200, 5)
+        assert got_unit == unit
+        np.testing.assert_array_equal(got, want)
+
+
 def test_batched_partials_equal_the_estimates():
     from eeray.analysis.stats import _batch_partials
 

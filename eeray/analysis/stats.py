@@ -55,28 +55,89 @@ def _kendall(a: np.ndarray, b: np.ndarray) -> float:
 
 def partial_from(r_xy: float, r_xz: float, r_yz: float) -> float:
     """First-order partial correlation of x and y given z from the three pairwise correlations."""
-    denom = (1 - r_xz ** 2) * (1 - r_yz ** 2)
+    # x·x, not x ** 2: numpy's scalar power can differ from the product in the last bit, and batch_estimates
+    # multiplies arrays; the same operations give the same floats
+    denom = (1 - r_xz * r_xz) * (1 - r_yz * r_yz)
     return float((r_xy - r_xz * r_yz) / np.sqrt(denom)) if denom > 0 else np.nan
+
+
+PAIRS = ((0, 1), (0, 2), (1, 2))  # (error, alignment), (error, size), (alignment, size): ASSOCIATIONS' first three
+PAIRWISE_KENDALL_MAX = 256  # above this many trials per resample, Kendall's O(N log N) count beats the N² signs
+
+
+def _signs(x: np.ndarray) -> np.ndarray:
+    """sign(x_i − x_j) for every pair of one resample's values: (B, N) -> (B, N, N) int8."""
+    return ((x[:, :, None] > x[:, None, :]).astype(np.int8) - (x[:, :, None] < x[:, None, :]).astype(np.int8))
+
+
+def _batch_kendall(x: np.ndarray) -> np.ndarray:
+    """Kendall τ-b of the three pairs of every resample in ``x`` (B, N, 3): (B, 3), NaN where a column of the pair
+    is constant. The same integers and the same operations as scipy.stats.kendalltau (concordant minus discordant
+    pairs over √(pairs not tied in x) · √(pairs not tied in y), clipped to [−1, 1]), so the same floats; counted
+    from pair signs for small N (all resamples at once, in memory-bounded chunks), through scipy for large N."""
+    b, n, _ = x.shape
+    if n > PAIRWISE_KENDALL_MAX:
+        return np.array([[_kendall(xi[:, i], xi[:, j]) for i, j in PAIRS] for xi in x], dtype=float).reshape(b, 3)
+    out = np.full((b, 3), np.nan)
+    tot = n * (n - 1) // 2
+    chunk = max(1, 2 ** 22 // max(1, n * n))  # ≤ 4 Mi int8 signs per column at once
+    for lo in range(0, b, chunk):
+        signs = [_signs(x[lo:lo + chunk, :, c]) for c in range(3)]  # 3 × (chunk, N, N)
+        ties = [(n * n - np.count_nonzero(s, axis=(1, 2)) - n) // 2 for s in signs]  # tied pairs i < j, (chunk,)
+        for k, (i, j) in enumerate(PAIRS):
+            con_minus_dis = np.einsum("bij,bij->b", signs[i], signs[j], dtype=np.int64) // 2
+            ok = (ties[i] < tot) & (ties[j] < tot) & (n > 2)  # a constant column: no τ (as _kendall)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                tau = con_minus_dis / np.sqrt(tot - ties[i]) / np.sqrt(tot - ties[j])
+            out[lo:lo + chunk, k] = np.where(ok, np.clip(tau, -1.0, 1.0), np.nan)
+    return out
+
+
+def _batch_spearman(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spearman ρ of the three pairs of every resample in ``x`` (B, N, 3), computed as ``np.corrcoef`` of the
+    ranks computes it (so the same floats: centred ranks are multiples of ½, their products sum exactly): (B, 3),
+    and which columns vary (B, 3). NaN where a column of the pair is constant."""
+    b, n, _ = x.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: does not vary
+        varies = (n > 2) & (np.nanmax(x, axis=1) > np.nanmin(x, axis=1))  # (B, 3): _varies per column
+    ranks = np.where(varies[:, None, :], stats.rankdata(x, axis=1), 0.0)  # (B, N, 3), ties averaged
+    centred = ranks - ranks.mean(axis=1, keepdims=True)
+    cov = np.einsum("bni,bnj->bij", centred, centred)  # (B, 3, 3), exact
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov *= np.true_divide(1, n - 1)
+        sd = np.sqrt(np.einsum("bii->bi", cov))  # (B, 3)
+        cov /= sd[:, :, None]
+        cov /= sd[:, None, :]
+    rho = np.clip(cov, -1, 1)
+    pairs = np.stack([rho[:, i, j] for i, j in PAIRS], axis=1)
+    both = np.stack([varies[:, i] & varies[:, j] for i, j in PAIRS], axis=1)
+    return np.where(both, pairs, np.nan), varies
+
+
+def batch_estimates(x: np.ndarray) -> np.ndarray:
+    """:func:`estimates` of every resample in ``x`` (B, N, 3) of (error, alignment, size) rows: (B, 10). The
+    bootstrap's inner loop, computed for all resamples at once."""
+    rho, varies = _batch_spearman(x)  # (B, 3), (B, 3)
+    ea, es, as_ = rho.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # partial_from per resample; given a constant column the partial is the pair's own correlation:
+        # conditioning on a constant changes nothing (every trial aligned at every evaluation: error ~ size |
+        # alignment is error ~ size)
+        d_align, d_size = (1 - es * es) * (1 - as_ * as_), (1 - ea * ea) * (1 - as_ * as_)  # as partial_from
+        p_align = np.where(d_align > 0, (ea - es * as_) / np.sqrt(d_align), np.nan)
+        p_size = np.where(d_size > 0, (es - ea * as_) / np.sqrt(d_size), np.nan)
+    p_align = np.where(varies[:, 2], p_align, ea)
+    p_size = np.where(varies[:, 1], p_size, es)
+    out = np.column_stack([rho, p_align, p_size, _batch_kendall(x), np.full((len(x), 2), np.nan)])
+    return np.where((varies.sum(axis=1) < 2)[:, None], np.nan, out)  # no pair varies: nothing to correlate
 
 
 def estimates(error: np.ndarray, alignment: np.ndarray, size: np.ndarray) -> np.ndarray:
     """The five associations (``ASSOCIATIONS`` order) for Spearman, then for Kendall τ-b (NaN for the two partial
-    ones): an array of 10 numbers."""
-    cols = (error, alignment, size)
-    ok = [_varies(c) for c in cols]
-    if sum(ok) < 2:
-        return np.full(10, np.nan)  # no pair varies (also: fewer than 3 trials): nothing to correlate
-    ranks = np.array([stats.rankdata(c) if v else np.zeros(len(c)) for c, v in zip(cols, ok)])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = np.corrcoef(ranks)  # (3, 3): Spearman = Pearson on ranks, ranked once per column
-    ea, es, as_ = (rho[i, j] if ok[i] and ok[j] else np.nan for i, j in ((0, 1), (0, 2), (1, 2)))
-    kendall = [_kendall(cols[i], cols[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
-    # given a constant column the partial is the pair's own correlation: conditioning on a constant changes nothing
-    # (every trial aligned at every evaluation: error ~ size | alignment is error ~ size)
-    p_align = partial_from(ea, es, as_) if ok[2] else ea
-    p_size = partial_from(es, ea, as_) if ok[1] else es
-    # Spearman: the pairs and both partials; Kendall: the pairs only (see the module docstring)
-    return np.array([ea, es, as_, p_align, p_size, *kendall, np.nan, np.nan], dtype=float)
+    ones): an array of 10 numbers. Spearman: the pairs and both partials; Kendall: the pairs only (see the module
+    docstring)."""
+    return batch_estimates(np.column_stack([error, alignment, size]).astype(float)[None])[0]
 
 
 def partial_spearman(frame: pd.DataFrame, x: str, y: str, given: str) -> tuple[float, float]:
@@ -105,25 +166,40 @@ def _pair_p(a: np.ndarray, b: np.ndarray, method: str) -> float:
     return float(res.pvalue)
 
 
-def cluster_bootstrap(data: np.ndarray, clusters: np.ndarray, statistic: Callable[..., np.ndarray], *,
-                      n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, str]:
-    """``n_boot`` replicates of ``statistic(*columns)`` on resampled rows of ``data`` (n, k): whole clusters (the
-    distinct values of ``clusters`` (n,)) drawn with replacement; single trials when there is one cluster only.
-    Returns (replicates (n_boot, m), the unit resampled: 'seeds' or 'trials')."""
+def _resampled_rows(clusters: np.ndarray, n_boot: int, seed: int) -> tuple[list[np.ndarray], str]:
+    """The rows of ``n_boot`` cluster-bootstrap resamples: whole clusters (the distinct values of ``clusters``
+    (n,)) drawn with replacement; single rows when there is one cluster only. Returns (row indices per resample,
+    the unit resampled: 'seeds' or 'trials')."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1; got {n_boot!r}")
     rng = np.random.default_rng(seed)
     _, codes = np.unique(clusters, return_inverse=True)
     groups = [np.flatnonzero(codes == c) for c in range(codes.max() + 1)] if len(codes) else []
-    unit = "seeds" if len(groups) >= 2 else "trials"
-    reps = []
-    for _ in range(n_boot):
-        if unit == "seeds":
-            rows = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        else:
-            rows = rng.integers(0, len(data), len(data))
-        reps.append(statistic(*data[rows].T))
-    return np.asarray(reps, dtype=float), unit
+    if len(groups) >= 2:
+        return [np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+                for _ in range(n_boot)], "seeds"
+    return [rng.integers(0, len(clusters), len(clusters)) for _ in range(n_boot)], "trials"
+
+
+def cluster_bootstrap(data: np.ndarray, clusters: np.ndarray, statistic: Callable[..., np.ndarray], *,
+                      n_boot: int = 1000, seed: int = 0) -> tuple[np.ndarray, str]:
+    """``n_boot`` replicates of ``statistic(*columns)`` on resampled rows of ``data`` (n, k): whole clusters (the
+    distinct values of ``clusters`` (n,)) drawn with replacement; single trials when there is one cluster only.
+    Returns (replicates (n_boot, m), the unit resampled: 'seeds' or 'trials')."""
+    rows, unit = _resampled_rows(clusters, n_boot, seed)
+    return np.asarray([statistic(*data[r].T) for r in rows], dtype=float), unit
+
+
+def _bootstrap_estimates(data: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
+    """``cluster_bootstrap(data, clusters, estimates, ...)``, the same replicates, computed with
+    :func:`batch_estimates` for every resample of one length at once (clusters of unequal size give several)."""
+    rows, unit = _resampled_rows(clusters, n_boot, seed)
+    reps = np.empty((len(rows), 2 * len(ASSOCIATIONS)))
+    lengths = np.array([len(r) for r in rows])
+    for n in np.unique(lengths):
+        which = np.flatnonzero(lengths == n)
+        reps[which] = batch_estimates(data[np.stack([rows[w] for w in which])])  # (B, n, 3) -> (B, 10)
+    return reps, unit
 
 
 def _interval(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +249,7 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
     for key, g, arr in _groups(measures, outcome, alignment, size, cluster, by, completed_only):
         cols = list(arr.T)
         point = estimates(*cols)
-        reps, unit = cluster_bootstrap(arr, g[cluster].to_numpy(), estimates, n_boot=n_boot, seed=seed)
+        reps, unit = _bootstrap_estimates(arr, g[cluster].to_numpy(), n_boot, seed)
         lo, hi = _interval(reps, level)
         pairs = [(cols[0], cols[1]), (cols[0], cols[2]), (cols[1], cols[2])]
         varies = [_varies(a) for a in cols]

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from eeray import branching, losses
+from eeray import branching, cpu_kernels, losses
 from eeray.config import TrialConfig, from_flat, to_flat, validate
 from eeray.data import TrainingData, load_dataset
 from eeray.exploitation import FrozenFeatures, FullBatchObjective, cached_features
@@ -55,6 +55,7 @@ def run_trial(config: TrialConfig, sink: Sink | None = None, checkpoint: dict | 
     config's trunk, from which this config continues as a branch — bitwise as if it had run from scratch,
     because every field read before that step is equal (checked)."""
     validate(config)
+    cpu_kernels.apply()  # before this process's first kernel, if it is the first (eeray.cpu_kernels)
     if checkpoint is not None and branch_from is not None:
         raise ValueError("run_trial takes a checkpoint (resume) or branch_from (a branch), not both")
     trial = Trial(config, sink or NullSink(), branch_points=branch_points)
@@ -417,12 +418,13 @@ class Trial:
 
 def _hardware(device: torch.device) -> str:
     """What decides a trial's floating-point results besides its config: the GPU, or on a CPU its model, the
-    instruction set PyTorch dispatches its kernels to (``AVX2``, ``AVX512``, ...: reductions are summed in a
-    different order) and the thread count, e.g. ``'AMD EPYC 7B13, AVX2 (1 threads)'``. A trial re-run on the same
-    hardware is bitwise its record; on another, it need not be (docs/results-schema.md, "What is bitwise")."""
+    instruction set its kernels use (``AVX2`` on any x86-64 CPU, eeray.cpu_kernels; ``AVX512, MKL uncapped``
+    where a user opted out: reductions are summed in a different order) and the thread count, e.g. ``'AMD EPYC
+    7B13, AVX2 (1 threads)'``. A trial re-run with the same instruction set and threads is bitwise its record
+    (docs/results-schema.md, "What is bitwise")."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()} ({torch.get_num_threads()} threads)"
+    return f"{_cpu_model()}, {cpu_kernels.describe()} ({torch.get_num_threads()} threads)"
 
 
 def _cpu_model() -> str:

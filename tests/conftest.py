@@ -6,6 +6,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test clusters only (
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
+from eeray import cpu_kernels  # noqa: E402
+
+# before this process's first kernel: tests that run a trial here compare it with trials Ray workers ran, which
+# inherit this (the session's Ray head starts from it) or set it themselves
+cpu_kernels.apply()
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -12,6 +12,7 @@ from torch import nn
 from eeray.diagnostics import safety
 from eeray.diagnostics.certificate import loss_and_grad
 from eeray.diagnostics.gram import build_gram
+from eeray import cpu_kernels
 from eeray.diagnostics.jacobian import eval_mode
 from eeray.diagnostics.local import LocalBackend
 
@@ -20,6 +21,7 @@ class ShardWorker:
     """One actor: a shard of x, the model structure, and the snapshots it has been sent (by id)."""
 
     def __init__(self, template: nn.Module, shard: torch.Tensor, params, batch_size: int, device: str, threads: int):
+        cpu_kernels.apply()  # a worker of a cluster started elsewhere: the trial's arithmetic (eeray.cpu_kernels)
         torch.set_num_threads(max(1, threads))
         self.device = torch.device(device)
         self.template, self.params, self.batch_size = template.to(self.device), params, batch_size

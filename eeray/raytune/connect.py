@@ -25,6 +25,7 @@ from pathlib import Path
 
 import ray
 
+from eeray import cpu_kernels
 from eeray.raytune.atomic_storage import local_path
 
 
@@ -54,6 +55,7 @@ def connect(address: str | None, storage: str | None = None, why: str = "") -> R
     chosen (flag, environment or default), for the run's first line and its summary."""
     if ray.is_initialized():  # a caller (a test, a notebook) owns Ray already
         return _describe(False, why)
+    cpu_kernels.apply()  # a local Ray's workers inherit it: every trial and actor computes alike (eeray.cpu_kernels)
     if not address or address == "local":
         os.environ.pop("RAY_ADDRESS", None)  # not inherited by anything this Ray starts either
         _workers_import_this_eeray()

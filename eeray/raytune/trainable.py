@@ -24,6 +24,7 @@ import torch
 import ray
 from ray import tune
 
+from eeray import cpu_kernels
 from eeray.config import to_flat
 from eeray.records import RECORD_STREAMS
 from eeray.results import FAILED_CHUNK
@@ -134,6 +135,7 @@ def tune_trial(config: dict[str, Any], study, branching=None) -> None:
     its branch-point states, a branch starts from its trunk's state — once; its own Tune checkpoints then cover
     its retries and resumes like any trial's."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # not one "Checkpoint created" line per epoch
+    cpu_kernels.apply()  # before the trial's first kernel on a node started elsewhere (eeray.cpu_kernels)
     torch.set_num_threads(max(1, int(study.resources.cpu)))
     share = study.resources.gpu
     if torch.cuda.is_available() and 0 < share < 1:

@@ -1,0 +1,52 @@
+"""One CPU arithmetic on every x86-64 machine: trials compute with the AVX2 kernels, whatever wider ones the CPU has.
+
+PyTorch, MKL and oneDNN each pick their kernels by the CPU's widest instruction set, and a wider kernel sums in
+another order: the same trial on an AVX-512 machine and on an AVX2 one differs from the first step (in the 9th
+digit of the training loss of a width-sweep smoke trial) and training amplifies it, enough to move a CPU study's
+verdict numbers (docs/results-schema.md, "What is bitwise"). Capping all three at AVX2 — every x86-64 CPU since
+2013-2015 has it — makes a CPU trial the same function of its config on any of them: measured bitwise equal
+between this project's AVX-512 machine and an emulated AVX2-only CPU (``benchmarks/cpu_kernels.py``), at a
+measured cost in step time recorded there.
+
+The caps are environment variables each library reads once, at its first use in a process, so they are set
+before a trial's first tensor operation: by the driver before it starts a local Ray (whose workers inherit its
+environment), and again by each trial and diagnostics actor (workers of a Ray cluster started elsewhere). A
+variable the user set is kept (``ATEN_CPU_CAPABILITY=avx512`` opts out); ``trials.hardware`` records the
+instruction set the trial's kernels actually used. GPUs and non-x86 CPUs (ARM) are not affected: their kernels
+differ by device anyway.
+
+Importing this module changes nothing and imports no torch.
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+# the three libraries' documented switches: ATen's dispatch, MKL's Conditional Numerical Reproducibility branch,
+# oneDNN's ISA limit
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+X86_64 = ("x86_64", "amd64")
+
+
+def portable_env(machine: str | None = None) -> dict[str, str]:
+    """The variables to set on this machine (none off x86-64)."""
+    return dict(PORTABLE_ENV) if (machine or platform.machine()).lower() in X86_64 else {}
+
+
+def apply(environ=os.environ) -> dict[str, str]:
+    """Set the caps in ``environ`` where the user has not set them; returns what was set."""
+    added = {k: v for k, v in portable_env().items() if k not in environ}
+    environ.update(added)
+    return added
+
+
+def describe() -> str:
+    """The instruction set this process's PyTorch kernels use, and whether MKL's is capped: e.g. ``'AVX2'`` or
+    ``'AVX512, MKL uncapped'`` (a process that computed before :func:`apply`, or a user's opt-out)."""
+    import torch  # noqa: PLC0415 -- only where a trial runs
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    if platform.machine().lower() not in X86_64:
+        return capability
+    mkl = os.environ.get("MKL_CBWR")
+    return capability if mkl == PORTABLE_ENV["MKL_CBWR"] else f"{capability}, MKL {'uncapped' if not mkl else mkl}"

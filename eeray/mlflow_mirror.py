@@ -81,9 +81,12 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # filtered by execution and sorted by role, the parent first and every trial under it, the varied parameters and
 # final errors as columns, and in the chart (compare) view first a parallel-coordinates plot of what the study
 # varies against the final training error (MLflow's own default plot has no parallel coordinates once runs have
-# metrics, and its compare-runs page plots the first metric a run logged: epoch).
+# metrics). MLflow's compare-runs page (the Compare button) plots the first metric the selected runs logged
+# against the first three parameters that differ: a trial logs LEAD_METRIC first, so that plot shows its last
+# value, the final training error, instead of epoch.
 VIEW_TAG_PREFIX, VIEW_PARAM = "mlflow.sharedViewState.", "viewStateShareKey"
 VIEW_METRICS = ("final_train_error", "final_test_error")
+LEAD_METRIC = "train_error"  # logged first: the compare-runs page's default plot (its last value is the final one)
 
 
 def view_key(execution: str) -> str:
@@ -187,7 +190,9 @@ def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapp
 
     add(list(steps), lambda r: [k for k in r if k != "step" and k not in UNMIRRORED_STEP_COLUMNS], "")
     add(list(diagnostics), lambda r: DIAG_METRICS, "diag_")
-    return [(k, s, v) for (k, s), v in out.items()]
+    # LEAD_METRIC's points first: MLflow lists a run's metrics in the order they were first logged, and its
+    # compare-runs page plots the first one shared by the selected runs (was epoch, the same for every trial)
+    return sorted(((k, s, v) for (k, s), v in out.items()), key=lambda p: p[0] != LEAD_METRIC)
 
 
 class MlflowTracker:

@@ -188,14 +188,15 @@ def mirror_ui(tmp_path_factory):
     for i, (name, cfg) in enumerate(trials.items()):
         run = tracker.child(f"t{i}", name, cfg, {})
         for epoch in range(1, 7):  # 5 optimizer steps per epoch, one chunk per epoch
-            rows = [{"step": epoch * 5, "train_error": 0.9 / epoch, "train_loss": 2.3 / epoch ** 0.5}]
+            rows = [{"step": epoch * 5, "epoch": epoch, "train_loss": 2.3 / epoch ** 0.5,  # a trial's column order
+                     "train_error": 0.9 / epoch - 0.05 * i}]
             tracker.log_points(run, metric_points(rows, []))
         tracker.finish_trial(run, "FINISHED", {"final_train_error": 0.15 + 0.1 * i})
         children.append(run)
     tracker.finish_study("FINISHED")
     steps = {k: len(tracker.client.get_metric_history(children[0], k))
              for k in tracker.client.get_run(children[0]).data.metrics}
-    assert steps == {"train_error": 6, "train_loss": 6, "final_train_error": 1}
+    assert steps == {"train_error": 6, "epoch": 6, "train_loss": 6, "final_train_error": 1}
     with mlflow_server(store, tmp_path) as server:
         yield server.url, tracker.experiment_id, parent, children, steps
 
@@ -287,6 +288,22 @@ def test_the_chart_view_plots_what_the_study_varies_against_the_final_training_e
     assert "width_sweep: what the study varies" in _text(dom)
 
 
+def test_the_compare_runs_page_plots_the_final_training_error_not_the_epoch(mirror_ui, devtools):
+    """MLflow's own compare page (the Compare button on the selected trials), fresh browser: its parallel-
+    coordinates plot takes the first metric the runs logged, and a trial logs train_error first (its last value is
+    the final training error), not epoch, which is the same for every trial."""
+    base, eid, _, children, _ = mirror_ui
+    assert list(MlflowClient(f"{base}").get_run(children[0]).data.metrics)[0] == "train_error"
+    url = f"{base}/#/compare-runs?runs={json.dumps(children)}&experiments={json.dumps([eid])}"
+
+    def axes(dom: str) -> list[str]:  # plotly's parallel-coordinates axis titles
+        return re.findall(r'<text[^>]*class="axis-title"[^>]*>([^<]+)<', dom)
+
+    dom = devtools.wait_for(url, lambda d: len(axes(d)) >= 2)
+    assert axes(dom)[-1] == "train_error" and "epoch" not in axes(dom), axes(dom)
+    assert "ee.enabled" in axes(dom)  # the parameter the two trials differ in
+
+
 def test_runs_name_their_study_and_role_and_old_mirrors_are_upgraded(tmp_path):
     """eeray.study holds the study's name, eeray.role the run's role (parent / trial), eeray.execution the
     execution, on parents and trials; a mirror written before eeray.role (eeray.study = parent / trial) is found
@@ -348,7 +365,7 @@ def test_a_child_runs_metric_charts_are_drawn_not_loading(mirror_ui, devtools):
 
     dom = devtools.wait_for(url, drawn)
     cards = _cards(dom)
-    assert set(cards) == {"train_error", "train_loss", "final_train_error"}
+    assert set(cards) == {"epoch", "train_error", "train_loss", "final_train_error"}
     for metric in ("train_error", "train_loss"):  # logged at 6 steps: a plotted line through several points
         points = _line_points(cards[metric])
         assert points and 2 <= max(points) <= steps[metric], (metric, points)

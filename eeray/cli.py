@@ -89,10 +89,8 @@ def _run_options(args: argparse.Namespace) -> None:
 
 
 def _data_options(args: argparse.Namespace) -> None:
-    """--data-root (or $EERAY_DATA_ROOT) must be a directory; --present-datasets-only reaches the studies'
-    dataset selection (eeray.data.select_datasets) through the environment, like the data root."""
-    from eeray.data import PRESENT_ONLY_ENV  # noqa: PLC0415 -- torch, but no Ray
-
+    """--data-root (or $EERAY_DATA_ROOT) must be a directory; it reaches the trials through the environment (a
+    local Ray's workers inherit it)."""
     root, source = (args.data_root, "--data-root") if args.data_root else (os.environ.get("EERAY_DATA_ROOT"),
                                                                           "EERAY_DATA_ROOT")
     if root and not os.path.isdir(os.path.expanduser(root)):
@@ -100,8 +98,16 @@ def _data_options(args: argparse.Namespace) -> None:
                           "cifar-10-batches-py, ...; see docs/reference.md, 'Real datasets')")
     if args.data_root:
         os.environ["EERAY_DATA_ROOT"] = os.path.abspath(os.path.expanduser(args.data_root))
-    if args.present_datasets_only:
-        os.environ[PRESENT_ONLY_ENV] = "1"
+
+
+def _refuse_absent_datasets(study: Study, args: argparse.Namespace) -> None:
+    """A study built without some of its datasets (absent here: ``Study.skipped_datasets``) runs only when the user
+    passed --present-datasets-only; otherwise it is refused, naming what is absent and what is present."""
+    from eeray.data import absent_datasets_error  # noqa: PLC0415 -- torch, but no Ray
+
+    if study.skipped_datasets and not args.present_datasets_only:
+        present = sorted({study.config(p).data.name for p in study.points()})
+        raise absent_datasets_error(study.skipped_datasets, present)
 
 
 @dataclass(frozen=True)
@@ -178,7 +184,8 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     from eeray.data.real import CorruptDatasetError  # noqa: PLC0415 -- torch, but no Ray
 
     try:
-        study = build(profile)  # may refuse: datasets absent (eeray.data.select_datasets)
+        study = build(profile)  # may refuse: none of its datasets present (eeray.data.select_datasets)
+        _refuse_absent_datasets(study, args)
         study = replace(study, description=study.description or (doc or "").strip().split("\n")[0])
         if args.no_branching:
             study = replace(study, branching=False)

@@ -6,6 +6,7 @@ loaders are checked bit for bit against it. One test reads the real Fashion-MNIS
 from __future__ import annotations
 
 import gzip
+import re
 import pickle
 import struct
 from pathlib import Path
@@ -467,19 +468,20 @@ def test_validate_study_checks_the_format_before_ray(tmp_path):
 
 
 # --------------------------------------------------------------------------- absent datasets
-def test_absent_dataset_refuses_unless_present_only_asked(tmp_path, monkeypatch):
-    from eeray.data import PRESENT_ONLY_ENV, select_datasets
+def test_absent_datasets_are_skipped_with_why_and_the_refusal_names_them(tmp_path, monkeypatch):
+    """select_datasets returns the absent ones with why (the command line refuses such a study unless
+    --present-datasets-only: tests/test_study_validation.py); none present is an error at once."""
+    from eeray.data import absent_datasets_error, select_datasets
 
     make_idx(tmp_path, "mnist", gz=True)
     monkeypatch.setenv(real.ROOT_ENV, str(tmp_path))
-    with pytest.raises(DatasetFilesError, match=rf"datasets not found: cifar10: missing "
-                                                rf"{tmp_path}/cifar-10-batches-py/data_batch_1 and 5 more; get it "
-                                                r"from https://www\.cs\.toronto\.edu.*--present-datasets-only to run "
-                                                r"only the datasets present \(digits16, mnist\)"):
-        select_datasets(("digits16", "mnist", "cifar10"))
-    monkeypatch.setenv(PRESENT_ONLY_ENV, "1")
     sel = select_datasets(("digits16", "mnist", "cifar10"))
     assert sel.present == ["digits16", "mnist"] and list(sel.skipped) == ["cifar10"]
+    error = absent_datasets_error(sel.skipped, sel.present)
+    assert isinstance(error, DatasetFilesError)
+    assert re.fullmatch(rf"datasets not found: cifar10: missing {tmp_path}/cifar-10-batches-py/data_batch_1 and 5 "
+                        r"more; get it from https://www\.cs\.toronto\.edu.*--present-datasets-only to run only "
+                        r"the datasets present \(digits16, mnist\)", str(error)), str(error)
     with pytest.raises(DatasetFilesError, match="none of the study's datasets"):
         select_datasets(("cifar10",))
     monkeypatch.delenv(real.ROOT_ENV)

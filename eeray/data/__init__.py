@@ -8,6 +8,7 @@ a pure function of its seed and epoch (resumable) and a GPU trial never waits on
 from __future__ import annotations
 
 import importlib
+from typing import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -66,27 +67,24 @@ def _validation_split(data: TrainingData, cfg) -> TrainingData:
     return data
 
 
-PRESENT_ONLY_ENV = "EERAY_PRESENT_DATASETS_ONLY"  # "1": set by the study flag --present-datasets-only
 
 
 @dataclass(frozen=True)
 class DatasetSelection:
     present: list[str]  # in the order asked for
-    skipped: dict[str, str]  # absent dataset -> why (only with --present-datasets-only)
+    skipped: dict[str, str]  # absent dataset -> why (the study runs without it only with --present-datasets-only)
 
 
 def select_datasets(names) -> DatasetSelection:
     """The datasets among ``names`` that can be loaded here (synthetic and bundled ones always; real ones when
     their files are under the data root).
 
-    A study asks for its datasets; an absent one is an error naming each absent dataset and its first missing
-    file, so a paper study never quietly becomes a smaller one. Only when the user asked for the datasets
-    present (``--present-datasets-only``, i.e. ``$EERAY_PRESENT_DATASETS_ONLY=1``) are the absent ones
-    skipped, and returned, for the study to state in its summary. Whether the present files are well formed is
-    checked later, with the study (:func:`eeray.data.real.check_data`): a corrupt file is an error, never a
-    reason to skip."""
-    import os
-
+    A study asks for its datasets and records the absent ones, with why, in ``Study.skipped_datasets``; the
+    command line then refuses it, naming each absent dataset and its first missing file
+    (:func:`absent_datasets_error`), unless the user asked for the datasets present (``--present-datasets-only``),
+    so a paper study never quietly becomes a smaller one. None present is an error here. Whether the present
+    files are well formed is checked later, with the study (:func:`eeray.data.real.check_data`): a corrupt file is
+    an error, never a reason to skip."""
     from eeray.data.real import LAYOUT, DatasetFilesError, _missing, check_files, data_root
     from eeray.config import DataConfig
 
@@ -106,13 +104,18 @@ def select_datasets(names) -> DatasetSelection:
                 missing = _missing(name, root / LAYOUT[name][0])
                 more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
                 absent[name] = f"missing {root / LAYOUT[name][0] / missing[0]}{more}; get it from {LAYOUT[name][2]}"
-    allowed = os.environ.get(PRESENT_ONLY_ENV) == "1"
-    if absent and not allowed:
-        what = "; ".join(f"{n}: {why}" for n, why in absent.items())
-        raise DatasetFilesError(f"datasets not found: {what}. Put their files under the data root (--data-root or "
-                                f"EERAY_DATA_ROOT), or pass --present-datasets-only to run only the datasets "
-                                f"present ({', '.join(found) or 'none'})")
     if not found:
         raise DatasetFilesError(f"none of the study's datasets ({', '.join(names)}) is present: "
                                 + "; ".join(f"{n}: {why}" for n, why in absent.items()))
     return DatasetSelection(found, absent)
+
+
+def absent_datasets_error(skipped: Mapping[str, str], present: Sequence[str]):
+    """The refusal of a study whose datasets ``skipped`` (name -> why) are absent, when the user did not pass
+    --present-datasets-only: a :class:`eeray.data.real.DatasetFilesError` naming each and what is present."""
+    from eeray.data.real import DatasetFilesError
+
+    what = "; ".join(f"{n}: {why}" for n, why in skipped.items())
+    return DatasetFilesError(f"datasets not found: {what}. Put their files under the data root (--data-root or "
+                             f"EERAY_DATA_ROOT), or pass --present-datasets-only to run only the datasets present "
+                             f"({', '.join(present) or 'none'})")

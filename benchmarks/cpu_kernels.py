@@ -2,12 +2,14 @@
 AVX2-only CPU (QEMU user mode, ``-cpu Haswell-v4``: no AVX-512), each with eeray's AVX2 caps (eeray.cpu_kernels)
 and without them (the libraries' own choice: ``ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL``,
 which an AVX2 CPU lowers to what it has); every steps, diagnostics and summary value compared bit for bit
-(wall-clock columns aside), and the first difference named. Then the caps' cost on this machine: the same trial's
-training seconds with and without them, alternating, in one run.
+(wall-clock columns aside), and the first difference named. Emulation runs the trial ~100-1000× slower, so the
+compared trial is the smoke trial made smaller (``--emulated``: fewer samples and epochs, its diagnostics kept).
+Then the caps' cost on this machine: the smoke trial itself, training seconds with and without the caps,
+alternating, in one run.
 
-Needs ``qemu-x86_64`` (Debian: ``apt-get install qemu-user``); under emulation a smoke trial takes minutes.
+Needs ``qemu-x86_64`` (Debian: ``apt-get install qemu-user``).
 
-Run:  python benchmarks/cpu_kernels.py [--profile smoke] [--trial "ee c=2 data=digits16 m_c=2 seed=0"] [--repeats 5]
+Run:  python benchmarks/cpu_kernels.py [--trial "ee c=2 data=digits16 m_c=2 seed=0"] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ UNCAPPED = {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU
 
 # run in a fresh interpreter (the caps are read at a library's first use in a process): one trial, rows to a file
 CHILD = r"""
-import pickle, sys, time
+import json, pickle, sys, time
 sys.path.insert(0, sys.argv[1] + "/studies")
 import torch
 import width_sweep
@@ -40,15 +42,15 @@ study = width_sweep.build(sys.argv[2])
 point = next(p for p in study.points() if study.trial_name(p) == sys.argv[3])
 sink = MemorySink()
 t = time.perf_counter()
-result = run_trial(study.config(point), sink)
+result = run_trial(study.config(point).replace(**json.loads(sys.argv[5])), sink)
 seconds = time.perf_counter() - t
 with open(sys.argv[4], "wb") as f:
     pickle.dump({"rows": sink.rows, "summary": result.summary, "seconds": seconds}, f)
 """
 
 
-def run(profile: str, trial: str, env: dict, emulate: bool, out: str) -> dict:
-    cmd = [sys.executable, "-c", CHILD, ROOT, profile, trial, out]
+def run(profile: str, trial: str, env: dict, emulate: bool, out: str, overrides: dict) -> dict:
+    cmd = [sys.executable, "-c", CHILD, ROOT, profile, trial, out, json.dumps(overrides)]
     if emulate:
         cmd = [shutil.which("qemu-x86_64"), "-cpu", "Haswell-v4", *cmd]
     clean = {k: v for k, v in os.environ.items() if k not in UNCAPPED}
@@ -84,7 +86,10 @@ def main() -> None:
     ap.add_argument("--profile", default="smoke")
     ap.add_argument("--trial", default="ee c=2 data=digits16 m_c=2 seed=0")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--emulated", default='{"data.n_train": 96, "data.n_test": 32, "train.epochs": 2, '
+                    '"diag.max_samples": 12}', help="config overrides (JSON) of the trial compared across CPUs")
     args = ap.parse_args()
+    small = json.loads(args.emulated)
     if shutil.which("qemu-x86_64") is None:
         raise SystemExit("qemu-x86_64 is needed to emulate an AVX2-only CPU: apt-get install qemu-user")
     tmp = tempfile.mkdtemp(prefix="cpu-kernels-")
@@ -92,7 +97,7 @@ def main() -> None:
     for name, env, emulate in (("this CPU, capped", {}, False), ("this CPU, uncapped", UNCAPPED, False),
                                ("emulated AVX2 CPU, capped", {}, True),
                                ("emulated AVX2 CPU, uncapped", UNCAPPED, True)):
-        runs[name] = run(args.profile, args.trial, env, emulate, os.path.join(tmp, f"{len(runs)}.pkl"))
+        runs[name] = run(args.profile, args.trial, env, emulate, os.path.join(tmp, f"{len(runs)}.pkl"), small)
         print(f"{name}: hardware {runs[name]['summary']['hardware']!r}", flush=True)
     pairs = [("this CPU, capped", "emulated AVX2 CPU, capped"), ("this CPU, uncapped", "emulated AVX2 CPU, uncapped"),
              ("this CPU, capped", "this CPU, uncapped")]
@@ -107,7 +112,7 @@ def main() -> None:
     seconds = {"capped": [], "uncapped": []}
     for i in range(args.repeats):  # alternating: a shared machine's load falls on both alike
         for name, env in (("capped", {}), ("uncapped", UNCAPPED)):
-            seconds[name].append(run(args.profile, args.trial, env, False, os.path.join(tmp, "t.pkl"))["seconds"])
+            seconds[name].append(run(args.profile, args.trial, env, False, os.path.join(tmp, "t.pkl"), {})["seconds"])
     median = {k: sorted(v)[len(v) // 2] for k, v in seconds.items()}
     cost = {"repeats": args.repeats, "seconds": seconds, "median_s": median,
             "capped_over_uncapped": median["capped"] / median["uncapped"]}
@@ -117,12 +122,13 @@ def main() -> None:
 
     meta = {"machine": f"{runs['this CPU, uncapped']['summary']['hardware']}", "torch": torch.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "profile": args.profile,
-            "trial": args.trial, "emulated": "qemu-x86_64 -cpu Haswell-v4", "platform": platform.platform()}
+            "trial": args.trial, "compared_with_overrides": small, "emulated": "qemu-x86_64 -cpu Haswell-v4",
+            "platform": platform.platform()}
     with open(os.path.join(OUT, "cpu_kernels_cpu.json"), "w") as f:
         json.dump({**meta, "comparisons": comparisons, "cost": cost}, f, indent=1)
     lines = [f"# One trial on two x86-64 CPUs ({meta['date']}; {meta['trial']!r}, {args.profile} profile, torch "
              f"{meta['torch']})", "", f"This machine: {meta['machine']}. The other: {meta['emulated']} (AVX2, no "
-             "AVX-512).", "", "| run A | run B | hardware A / B | final_train_loss A / B | bitwise equal | first "
+             f"AVX-512). Compared: the trial with {small}.", "", "| run A | run B | hardware A / B | final_train_loss A / B | bitwise equal | first "
              "difference |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {c['a']} | {c['b']} | {c['hardware'][0]} / {c['hardware'][1]} | {c['final_train_loss'][0]!r} / "
               f"{c['final_train_loss'][1]!r} | {'yes' if c['equal'] else 'no'} | {c['first_difference'] or '—'} |"

@@ -31,11 +31,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-# bounded requests: MLflow's defaults (120 s timeout, 7 retries with backoff) block a study for minutes
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
 from eeray import faults  # noqa: E402
@@ -195,12 +190,22 @@ def metric_points(steps: Iterable[Mapping[str, Any]], diagnostics: Iterable[Mapp
     return sorted(((k, s, v) for (k, s), v in out.items()), key=lambda p: p[0] != LEAD_METRIC)
 
 
+def bound_requests(environ=os.environ) -> None:
+    """Bounded requests to an MLflow server, where the user has not set them: MLflow's defaults (120 s timeout, 7
+    retries with backoff) would block a study for minutes. MLflow reads these at each request, so a tracker sets
+    them when it is made, not this module when it is imported."""
+    environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
 class MlflowTracker:
     """Plain MLflow writes, every one naming its run (no "active run" state)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | os.PathLike | None = None,
                  time_origin_ms: int = 0):
         self.uri = tracking_uri
+        bound_requests()
         self.time_origin_ms = time_origin_ms  # timestamps = origin + step: identical when a point is re-sent
         # the first use creates the SQLite schema: once, in the driver, before any trial starts, under a lock that
         # another driver starting on the same fresh store waits for (mlflow_store.creating)

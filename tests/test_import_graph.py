@@ -58,3 +58,30 @@ def test_a_planted_cycle_is_found(tmp_path):
     assert graph["pkg.c"] == {"pkg.a", "pkg.sub.b"}
     cycle = a_cycle(graph)
     assert cycle[0] == cycle[-1] and sorted(cycle[1:]) == ["pkg.a", "pkg.sub.b"], cycle
+
+
+def test_importing_any_eeray_module_changes_no_environment_variable():
+    """Options travel as arguments and settings are made by the run that needs them: importing every module of
+    eeray (in a fresh interpreter, with nothing of eeray's set) leaves os.environ as it was. The libraries are
+    imported before the snapshot: importing Ray sets two variables of its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    modules = sorted(m for m in module_graph(ROOT / "eeray") if not m.endswith("__main__"))
+    code = ("import importlib, json, os, sys\n"
+            "import mlflow, optuna, pandas, pyarrow, ray, ray.tune, torch\n"
+            "before = dict(os.environ)\n"
+            "for m in json.loads(sys.argv[1]):\n"
+            "    importlib.import_module(m)\n"
+            "after = dict(os.environ)\n"
+            "print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after)"
+            " if before.get(k) != after.get(k)}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "TUNE_", "MLFLOW_", "EERAY_"))
+           and k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(modules)], capture_output=True, text=True,
+                         env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(modules) > 60
+    assert json.loads(out.stdout.splitlines()[-1]) == {}

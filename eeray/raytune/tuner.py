@@ -22,22 +22,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from users' studies
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record: no CSV/TBX copies
-# checkpoints are bounded by design (every k epochs + the switch); the snapshot-frequency warning is not actionable
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 # Tune's experiment state holds every trial, so saving it costs O(trials so far): it is saved every few seconds
 # (TUNE_SNAPSHOT_S), not at every step of Tune's loop, and eeray's record (written at every event) is what a
 # resume trusts where the two disagree (search_state.apply_record). Tune keeps every checkpoint of a running trial
 # (num_to_keep=None, make_tuner), so an older state never names a checkpoint rotated away; the callback deletes a
 # trial's checkpoints once the record holds it as completed or stopped.
 TUNE_SNAPSHOT_S = os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto")  # Tune's "auto": >= 10 s, <= 5% of the time
-# Tune keeps each checkpoint with the metrics reported beside it, in the driver's memory and in every saved state:
-# here a chunk's rows and the flat config. Only the score attribute (eeray sets none) is kept with older ones; the
-# callback strips the latest one's rows when the trial ends (callback._forget_reported_rows)
-os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
-os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+def _tune_settings(environ=os.environ) -> None:
+    """The Ray and Tune settings a study runs with, where the user has not set them: environment variables, which
+    Ray and Tune read when a run needs them (not at import), so they are set at the start of a run, not on
+    importing this module."""
+    environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from users' studies
+    environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # Parquet is the record: no CSV/TBX copies
+    # checkpoints are bounded by design (every k epochs + the switch): the snapshot-frequency warning is not
+    # actionable
+    environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune keeps each checkpoint with the metrics reported beside it, in the driver's memory and in every saved
+    # state: here a chunk's rows and the flat config. Only the score attribute (eeray sets none) is kept with older
+    # ones; the callback strips the latest one's rows when the trial ends (callback._forget_reported_rows)
+    environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+    environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
+
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -149,6 +156,7 @@ class _Refused(Exception):
 def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
     """One execution of ``study``; ``ray_choice`` (:class:`eeray.cli.RayChoice`) says which Ray runs it (default:
     ``args.address`` as given, else a local Ray)."""
+    _tune_settings()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its schema-migration chatter
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
     # Tune's ResultGrid looks for per-trial result files that eeray turns off (Parquet is the record) and warns

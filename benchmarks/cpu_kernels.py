@@ -1,7 +1,6 @@
 """Is a CPU trial the same on another x86-64 CPU? One width-sweep trial run on this machine and on an emulated
 AVX2-only CPU (QEMU user mode, ``-cpu Haswell-v4``: no AVX-512), each with eeray's AVX2 caps (eeray.cpu_kernels)
-and without them (the libraries' own choice: ``ATEN_CPU_CAPABILITY=avx512 MKL_CBWR=AUTO ONEDNN_MAX_CPU_ISA=ALL``,
-which an AVX2 CPU lowers to what it has); every steps, diagnostics and summary value compared bit for bit
+and without them (``EERAY_CPU_KERNELS=native``: the libraries pick by the CPU); every steps, diagnostics and summary value compared bit for bit
 (wall-clock columns aside), and the first difference named. Emulation runs the trial ~100-1000× slower, so the
 compared trial is the smoke trial made smaller (``--emulated``: fewer samples and epochs, its diagnostics kept).
 Then the caps' cost on this machine: the smoke trial itself, training seconds with and without the caps,
@@ -27,7 +26,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "results")
-UNCAPPED = {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AUTO", "ONEDNN_MAX_CPU_ISA": "ALL"}
+UNCAPPED = {"EERAY_CPU_KERNELS": "native"}
+SET_BY_EERAY = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "EERAY_CPU_KERNELS")
 
 # run in a fresh interpreter (the caps are read at a library's first use in a process): one trial, rows to a file
 CHILD = r"""
@@ -53,7 +53,7 @@ def run(profile: str, trial: str, env: dict, emulate: bool, out: str, overrides:
     cmd = [sys.executable, "-c", CHILD, ROOT, profile, trial, out, json.dumps(overrides)]
     if emulate:
         cmd = [shutil.which("qemu-x86_64"), "-cpu", "Haswell-v4", *cmd]
-    clean = {k: v for k, v in os.environ.items() if k not in UNCAPPED}
+    clean = {k: v for k, v in os.environ.items() if k not in SET_BY_EERAY}
     proc = subprocess.run(cmd, env={**clean, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} ... exited {proc.returncode}:\n{proc.stderr[-3000:]}")

@@ -10,10 +10,12 @@ measured cost in step time recorded there.
 
 The caps are environment variables each library reads once, at its first use in a process, so they are set
 before a trial's first tensor operation: by the driver before it starts a local Ray (whose workers inherit its
-environment), and again by each trial and diagnostics actor (workers of a Ray cluster started elsewhere). A
-variable the user set is kept (``ATEN_CPU_CAPABILITY=avx512`` opts out); ``trials.hardware`` records the
-instruction set the trial's kernels actually used. GPUs and non-x86 CPUs (ARM) are not affected: their kernels
-differ by device anyway.
+environment), and again by each trial and diagnostics actor (workers of a Ray cluster started elsewhere). Only
+a CPU that has AVX2 and FMA is capped (Linux's /proc/cpuinfo says; PyTorch trusts the variable and would stop on
+an illegal instruction elsewhere). A variable the user set is kept, and ``EERAY_CPU_KERNELS=native`` leaves all
+three to the libraries (faster on an AVX-512 CPU, ``benchmarks/cpu_kernels.py``; results then depend on the CPU);
+``trials.hardware`` records the instruction set the trial's kernels actually used. GPUs and non-x86 CPUs (ARM)
+are not affected: their kernels differ by device anyway.
 
 Importing this module changes nothing and imports no torch.
 """
@@ -26,15 +28,35 @@ import platform
 # oneDNN's ISA limit
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 X86_64 = ("x86_64", "amd64")
+OPT_OUT = "EERAY_CPU_KERNELS"  # "native": the libraries pick the kernels by the CPU
 
 
-def portable_env(machine: str | None = None) -> dict[str, str]:
-    """The variables to set on this machine (none off x86-64)."""
-    return dict(PORTABLE_ENV) if (machine or platform.machine()).lower() in X86_64 else {}
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux), empty where they cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def portable_env(machine: str | None = None, flags: set[str] | None = None) -> dict[str, str]:
+    """The variables to set on this machine: none off x86-64, or on a CPU without AVX2 and FMA (the AVX2 kernels
+    of PyTorch need both)."""
+    if (machine or platform.machine()).lower() not in X86_64:
+        return {}
+    return dict(PORTABLE_ENV) if {"avx2", "fma"} <= (cpu_flags() if flags is None else flags) else {}
 
 
 def apply(environ=os.environ) -> dict[str, str]:
-    """Set the caps in ``environ`` where the user has not set them; returns what was set."""
+    """Set the caps in ``environ`` where the user has not set them (none with ``EERAY_CPU_KERNELS=native``);
+    returns what was set."""
+    choice = environ.get(OPT_OUT, "")
+    if choice not in ("", "portable", "native"):
+        raise ValueError(f"{OPT_OUT}={choice!r} is invalid: 'native' lets PyTorch, MKL and oneDNN pick kernels by "
+                         "the CPU (results then depend on it); unset or 'portable' caps them at AVX2")
+    if choice == "native":
+        return {}
     added = {k: v for k, v in portable_env().items() if k not in environ}
     environ.update(added)
     return added

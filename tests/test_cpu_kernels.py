@@ -6,11 +6,12 @@ import platform
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from eeray import cpu_kernels
 
-X86 = platform.machine().lower() in cpu_kernels.X86_64
+CAPPED = bool(cpu_kernels.portable_env())  # an x86-64 CPU with AVX2 and FMA (the CI machine's has them)
 
 # a fresh interpreter: imports eeray and computes nothing before run_trial, then prints the trial's hardware and
 # every steps and summary value (wall-clock columns aside)
@@ -34,21 +35,28 @@ print(json.dumps({"hardware": result.summary["hardware"], "steps": steps,
 def _trial_in_a_fresh_process(**env: str) -> dict:
     import json
 
-    clean = {k: v for k, v in os.environ.items() if k not in cpu_kernels.PORTABLE_ENV}
+    clean = {k: v for k, v in os.environ.items() if k not in (*cpu_kernels.PORTABLE_ENV, cpu_kernels.OPT_OUT)}
     out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT)], env={**clean, **env}, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_apply_sets_the_caps_on_x86_64_and_keeps_what_the_user_set():
-    env = {"ATEN_CPU_CAPABILITY": "avx512"}
+def test_apply_sets_the_caps_on_an_avx2_cpu_and_keeps_what_the_user_set():
+    env = {"ATEN_CPU_CAPABILITY": "default"}
     added = cpu_kernels.apply(env)
-    if X86:
-        assert env == {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    if CAPPED:
+        assert env == {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
         assert added == {"MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    assert cpu_kernels.portable_env("aarch64") == {} and cpu_kernels.portable_env("arm64") == {}
-    assert cpu_kernels.portable_env("x86_64") == cpu_kernels.PORTABLE_ENV == cpu_kernels.portable_env("AMD64")
+    avx2 = {"sse2", "avx", "avx2", "fma"}
+    assert cpu_kernels.portable_env("aarch64", avx2) == {} and cpu_kernels.portable_env("arm64", avx2) == {}
+    assert cpu_kernels.portable_env("x86_64", avx2) == cpu_kernels.PORTABLE_ENV
+    assert cpu_kernels.portable_env("AMD64", avx2) == cpu_kernels.PORTABLE_ENV
+    # PyTorch trusts ATEN_CPU_CAPABILITY: on a CPU without AVX2 it would stop on an illegal instruction
+    assert cpu_kernels.portable_env("x86_64", {"sse2", "avx"}) == {}
+    assert cpu_kernels.apply(env := {"EERAY_CPU_KERNELS": "native"}) == {} and env == {"EERAY_CPU_KERNELS": "native"}
+    with pytest.raises(ValueError, match=r"EERAY_CPU_KERNELS='fast' is invalid: 'native' lets"):
+        cpu_kernels.apply({"EERAY_CPU_KERNELS": "fast"})
 
 
 def test_a_trial_sets_the_caps_itself_and_computes_as_with_them_set_at_start():
@@ -56,11 +64,14 @@ def test_a_trial_sets_the_caps_itself_and_computes_as_with_them_set_at_start():
     AVX2 — on an AVX-512 machine too, where the libraries would otherwise pick AVX-512. Off x86-64 nothing is set
     and the record names the CPU's own kernels."""
     itself = _trial_in_a_fresh_process()
-    assert itself == _trial_in_a_fresh_process(**cpu_kernels.PORTABLE_ENV)
-    if not X86:
-        assert "MKL" not in itself["hardware"], itself["hardware"]
+    if not CAPPED:  # nothing set: an x86-64 CPU without AVX2 says MKL is uncapped, an ARM one names its kernels
+        x86 = platform.machine().lower() in cpu_kernels.X86_64
+        assert ("MKL uncapped" in itself["hardware"]) == x86, itself["hardware"]
         return
+    assert itself == _trial_in_a_fresh_process(**cpu_kernels.PORTABLE_ENV)
     assert itself["hardware"].endswith(", AVX2 (1 threads)"), itself["hardware"]
     # the user's own choice is kept, and the record says what the kernels were
-    opted_out = _trial_in_a_fresh_process(ATEN_CPU_CAPABILITY="default", MKL_CBWR="AUTO")
-    assert opted_out["hardware"].endswith(", DEFAULT, MKL AUTO (1 threads)"), opted_out["hardware"]
+    opted_out = _trial_in_a_fresh_process(EERAY_CPU_KERNELS="native")
+    assert opted_out["hardware"].endswith(", MKL uncapped (1 threads)"), opted_out["hardware"]
+    own = _trial_in_a_fresh_process(ATEN_CPU_CAPABILITY="default")
+    assert own["hardware"].endswith(", DEFAULT (1 threads)"), own["hardware"]

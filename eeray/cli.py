@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from eeray.config import ConfigError
+from eeray.identity import EXECUTION_FILE
 from eeray.study import PROFILES, Study, validate_study
 
 
@@ -223,7 +224,7 @@ def validated_line(study: Study, specs, ray_choice: RayChoice) -> str:
 def _recorded_profile(name: str, args) -> str | None:
     import json
 
-    path = Path(args.results_dir) / name / "execution.json"
+    path = Path(args.results_dir) / name / EXECUTION_FILE
     try:
         return json.loads(path.read_text()).get("profile")
     except (OSError, ValueError):

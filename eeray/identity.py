@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from eeray.config import to_flat
 
+EXECUTION_FILE = "execution.json"  # in the study directory: the execution, its definition and its segments
 IDENTITY_VERSION = 1
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from eeray.mlflow_mirror import (STATUS_TO_MLFLOW, MlflowTracker, default_tracking_uri, definition_view,
                                  metric_points)
+from eeray.identity import EXECUTION_FILE
 from eeray.results import load
 from eeray.run_lock import StudyLock, StudyLocked
 
@@ -27,7 +28,7 @@ def sync(results_dir: str | Path, study: str, tracking_uri: str | None = None) -
     """Mirror ``<results_dir>/<study>`` into MLflow; returns counts of runs and points written."""
     results_dir = Path(results_dir).resolve()
     study_dir = results_dir / study
-    meta = json.loads((study_dir / "execution.json").read_text())
+    meta = json.loads((study_dir / EXECUTION_FILE).read_text())
     uri = tracking_uri or default_tracking_uri(results_dir)
     res = load(results_dir, study)
     with StudyLock(study_dir):
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     p.add_argument("--study", required=True)
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else <results_dir>/mlflow.db")
     args = p.parse_args(argv)
-    if not (Path(args.results_dir) / args.study / "execution.json").is_file():
+    if not (Path(args.results_dir) / args.study / EXECUTION_FILE).is_file():
         print(f"error: no execution of study '{args.study}' under {args.results_dir}", file=sys.stderr)
         return 2
     try:

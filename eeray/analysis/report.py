@@ -16,6 +16,7 @@ from pathlib import Path
 from eeray.analysis import markup as h
 from eeray.analysis.measures import RESULTS_ENV, load_results, trial_measures
 from eeray.analysis.sections import DEFAULT_SECTIONS, SECTIONS, STUDY_SECTIONS, Context, Omit
+from eeray.identity import EXECUTION_FILE
 
 
 def available_studies(results_dir: str | os.PathLike) -> list[str]:
@@ -38,7 +39,7 @@ def check_study(results_dir: str | os.PathLike, study: str) -> None:
 def recorded_profile(results_dir: Path, study: str) -> str | None:
     """The profile the study ran with (``--smoke``, ``--profile``), from its execution.json; None when the study has
     none (rows written without the CLI, e.g. by ``eeray.branching``'s Ray-free runner)."""
-    path = results_dir / study / "execution.json"
+    path = results_dir / study / EXECUTION_FILE
     return json.loads(path.read_text())["profile"] if path.is_file() else None
 
 

@@ -61,10 +61,10 @@ from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
 from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
 from eeray.raytune.trainable import tune_trial  # noqa: E402
 from eeray.results import RecordWriteError, load, write_whole  # noqa: E402
-from eeray.run_lock import StudyLock, StudyLocked  # noqa: E402
+from eeray.identity import EXECUTION_FILE  # noqa: E402
+from eeray.run_lock import LOCK_FILE, StudyLock, StudyLocked  # noqa: E402
 from eeray.study import Study, trial_name  # noqa: E402
 
-EXECUTION_FILE = "execution.json"
 MARKER_FILE = ".eeray-study"  # written into every study directory eeray creates: --fresh deletes only those
 TUNE_DIR = "_tune"
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -523,7 +523,7 @@ def _delete_study_contents(study_dir: Path, name: str) -> None:
         raise _Refused(f"--fresh: {study_dir} was not created by eeray for study '{name}' (no {MARKER_FILE} naming "
                        f"it); nothing deleted")
     for entry in study_dir.iterdir():
-        if entry.name in (MARKER_FILE, ".eeray.lock"):
+        if entry.name in (MARKER_FILE, LOCK_FILE):
             continue
         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 

@@ -116,9 +116,11 @@ def report(r: Rerun) -> str:
         lines.append(f"note: the record ran on {r.recorded_device}, this re-run on {r.device}: other kernels, so "
                      "bitwise equality is not expected")
     elif r.recorded_hardware != r.hardware:  # another CPU model or instruction set: other kernels, other sums
-        lines.append(f"note: the record ran on {r.recorded_hardware!r}, this re-run on {r.hardware!r}: PyTorch's "
-                     "kernels for another CPU or instruction set sum in another order, so values may differ in the "
-                     "last bits and the differences grow over training (docs/results-schema.md, \"What is bitwise\")")
+        lines.append(f"note: the record ran on {r.recorded_hardware!r}, this re-run on {r.hardware!r}: kernels for "
+                     "another CPU, instruction set or thread count sum in another order, so values may differ in the "
+                     "last bits and the differences grow over training (a record made without eeray's AVX2 caps "
+                     "re-runs with EERAY_CPU_KERNELS=native on a CPU like its own: docs/results-schema.md, \"What "
+                     "is bitwise\")")
     if r.equal:
         lines.append("equal: " + ", ".join(_rows(n, t) for t, n in r.rows.items()))
     else:

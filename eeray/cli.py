@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from eeray import cpu_kernels
 from eeray.config import ConfigError
+from eeray.errors import FieldError
 from eeray.identity import EXECUTION_FILE
 from eeray.study import PROFILES, Study, validate_study
 
@@ -167,8 +169,9 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
     try:
         _run_options(args)
         _data_options(args)
+        cpu_kernels.choice()  # EERAY_CPU_KERNELS, read by every trial: refused here, not by each trial
         ray_choice = choose_ray(args.address)
-    except ConfigError as exc:
+    except FieldError as exc:  # ConfigError included
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.smoke:

@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import platform
 
+from eeray.errors import FieldError
+
 # the three libraries' documented switches: ATen's dispatch, MKL's Conditional Numerical Reproducibility branch,
 # oneDNN's ISA limit
 PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -48,14 +50,20 @@ def portable_env(machine: str | None = None, flags: set[str] | None = None) -> d
     return dict(PORTABLE_ENV) if {"avx2", "fma"} <= (cpu_flags() if flags is None else flags) else {}
 
 
+def choice(environ=os.environ) -> str:
+    """``EERAY_CPU_KERNELS``: 'portable' (unset) or 'native'; anything else is refused (the command line asks
+    before Ray starts)."""
+    value = environ.get(OPT_OUT, "portable") or "portable"
+    if value not in ("portable", "native"):
+        raise FieldError(OPT_OUT, value, "'native' lets PyTorch, MKL and oneDNN pick kernels by the CPU (results "
+                         "then depend on it); unset or 'portable' caps them at AVX2 (eeray.cpu_kernels)")
+    return value
+
+
 def apply(environ=os.environ) -> dict[str, str]:
     """Set the caps in ``environ`` where the user has not set them (none with ``EERAY_CPU_KERNELS=native``);
     returns what was set."""
-    choice = environ.get(OPT_OUT, "")
-    if choice not in ("", "portable", "native"):
-        raise ValueError(f"{OPT_OUT}={choice!r} is invalid: 'native' lets PyTorch, MKL and oneDNN pick kernels by "
-                         "the CPU (results then depend on it); unset or 'portable' caps them at AVX2")
-    if choice == "native":
+    if choice(environ) == "native":
         return {}
     added = {k: v for k, v in portable_env().items() if k not in environ}
     environ.update(added)

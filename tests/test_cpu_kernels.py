@@ -55,7 +55,7 @@ def test_apply_sets_the_caps_on_an_avx2_cpu_and_keeps_what_the_user_set():
     # PyTorch trusts ATEN_CPU_CAPABILITY: on a CPU without AVX2 it would stop on an illegal instruction
     assert cpu_kernels.portable_env("x86_64", {"sse2", "avx"}) == {}
     assert cpu_kernels.apply(env := {"EERAY_CPU_KERNELS": "native"}) == {} and env == {"EERAY_CPU_KERNELS": "native"}
-    with pytest.raises(ValueError, match=r"EERAY_CPU_KERNELS='fast' is invalid: 'native' lets"):
+    with pytest.raises(ValueError, match=r"EERAY_CPU_KERNELS = 'fast' is invalid: 'native' lets"):
         cpu_kernels.apply({"EERAY_CPU_KERNELS": "fast"})
 
 

@@ -262,6 +262,8 @@ def cli(tmp_path_factory):
     cases["data_root_missing"] = {"study": "Study('v', BASE)", "argv": [*base, "--data-root", str(work / "nowhere")]}
     cases["data_root_env_missing"] = {"study": "Study('v', BASE)", "argv": base,
                                       "env": {"EERAY_DATA_ROOT": str(work / "nowhere")}}
+    cases["cpu_kernels_env_invalid"] = {"study": "Study('v', BASE)", "argv": base,
+                                        "env": {"EERAY_CPU_KERNELS": "fast"}}
     make_idx(work / "mnist", "mnist", gz=True)
     mnist = "Study('v', BASE.replace(**{'data.name': 'mnist', 'model.arch': 'lenet', 'data.n_train': %s}))"
     cases["n_train_beyond_files"] = {"study": mnist % 13, "argv": [*base, "--data-root", str(work / "mnist")]}
@@ -353,6 +355,13 @@ def test_data_root_that_does_not_exist(cli):
     nowhere = cli["work"] / "nowhere"
     assert_refused(cli["data_root_missing"], f"'--data-root' = '{nowhere}'", "must be an existing directory")
     assert_refused(cli["data_root_env_missing"], f"'EERAY_DATA_ROOT' = '{nowhere}'", "must be an existing directory")
+
+
+def test_an_unknown_cpu_kernels_choice_is_refused_before_ray(cli):
+    """EERAY_CPU_KERNELS is read by every trial (eeray.cpu_kernels): a bad value is one error here, not every
+    trial failing."""
+    assert_refused(cli["cpu_kernels_env_invalid"], "EERAY_CPU_KERNELS = 'fast' is invalid: 'native' lets PyTorch",
+                   "unset or 'portable' caps them at AVX2")
 
 
 def test_n_train_checked_against_the_files(cli):

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from eeray import cpu_kernels
 from eeray.diagnostics import safety
 from eeray.diagnostics.certificate import loss_and_grad
 from eeray.diagnostics.gram import build_gram
-from eeray import cpu_kernels
 from eeray.diagnostics.jacobian import eval_mode
 from eeray.diagnostics.local import LocalBackend
 

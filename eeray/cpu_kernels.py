@@ -5,15 +5,16 @@ another order: the same trial on an AVX-512 machine and on an AVX2 one differs f
 digit of the training loss of a width-sweep smoke trial) and training amplifies it, enough to move a CPU study's
 verdict numbers (docs/results-schema.md, "What is bitwise"). Capping all three at AVX2 — every x86-64 CPU since
 2013-2015 has it — makes a CPU trial the same function of its config on any of them: measured bitwise equal
-between this project's AVX-512 machine and an emulated AVX2-only CPU (``benchmarks/cpu_kernels.py``), at a
-measured cost in step time recorded there.
+between this project's AVX-512 machine and an emulated AVX2-only CPU (``benchmarks/cpu_kernels.py``). The
+price on an AVX-512 CPU is 1.2× the training time of a LeNet trial and 1.8× of a ResNet-18 one
+(``benchmarks/cpu_kernels_cost.py``); an AVX2 CPU runs the same kernels either way.
 
 The caps are environment variables each library reads once, at its first use in a process, so they are set
 before a trial's first tensor operation: by the driver before it starts a local Ray (whose workers inherit its
 environment), and again by each trial and diagnostics actor (workers of a Ray cluster started elsewhere). Only
 a CPU that has AVX2 and FMA is capped (Linux's /proc/cpuinfo says; PyTorch trusts the variable and would stop on
 an illegal instruction elsewhere). A variable the user set is kept, and ``EERAY_CPU_KERNELS=native`` leaves all
-three to the libraries (faster on an AVX-512 CPU, ``benchmarks/cpu_kernels.py``; results then depend on the CPU);
+three to the libraries (faster on an AVX-512 CPU; results then depend on the CPU);
 ``trials.hardware`` records the instruction set the trial's kernels actually used. GPUs and non-x86 CPUs (ARM)
 are not affected: their kernels differ by device anyway.
 

@@ -8,7 +8,7 @@ each distinct m_H once (a c whose m_H a smaller c already gives at a width is no
 Run:      python studies/width_sweep.py                # local Ray, embedded MLflow, Parquet under ./results
 Smoke:    python studies/width_sweep.py --smoke        # 12 tiny trials on the CPU (time: README, Studies)
 Profiles: --profile smoke | laptop | paper (default: paper with a GPU, laptop without)
-Runtime:  laptop 20–40 min on 2 cores, by machine (96 trials: 6 seeds × 32 epochs); paper ~3 GPU-hours
+Runtime:  laptop 20–45 min on 2 cores, by machine (96 trials: 6 seeds × 32 epochs); paper ~3 GPU-hours
 Expect:   final training error falls with m_c, and trials whose runs stay aligned (Q_T flat) reach zero error;
           the summary gives, per dataset and model family, the verdict (does error follow size or alignment?)
           and its stability (a verdict below 80% is reported as not stable); analysis/width_vs_alignment.ipynb

@@ -190,16 +190,23 @@ def cluster_bootstrap(data: np.ndarray, clusters: np.ndarray, statistic: Callabl
     return np.asarray([statistic(*data[r].T) for r in rows], dtype=float), unit
 
 
-def _bootstrap_estimates(data: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
-    """``cluster_bootstrap(data, clusters, estimates, ...)``, the same replicates, computed with
-    :func:`batch_estimates` for every resample of one length at once (clusters of unequal size give several)."""
-    rows, unit = _resampled_rows(clusters, n_boot, seed)
-    reps = np.empty((len(rows), 2 * len(ASSOCIATIONS)))
+def _by_length(data: np.ndarray, rows: list[np.ndarray], batch: Callable[[np.ndarray], np.ndarray],
+               width: int) -> np.ndarray:
+    """``batch`` ((B, n, k) -> (B, width)) of every resample ``data[rows[i]]``: the resamples of one length at once
+    (clusters of unequal size give several lengths). Returns (len(rows), width), in the order of ``rows``."""
+    out = np.empty((len(rows), width))
     lengths = np.array([len(r) for r in rows])
     for n in np.unique(lengths):
         which = np.flatnonzero(lengths == n)
-        reps[which] = batch_estimates(data[np.stack([rows[w] for w in which])])  # (B, n, 3) -> (B, 10)
-    return reps, unit
+        out[which] = batch(data[np.stack([rows[w] for w in which])])
+    return out
+
+
+def _bootstrap_estimates(data: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
+    """``cluster_bootstrap(data, clusters, estimates, ...)``, the same replicates, computed with
+    :func:`batch_estimates` for every resample of one length at once."""
+    rows, unit = _resampled_rows(clusters, n_boot, seed)
+    return _by_length(data, rows, batch_estimates, 2 * len(ASSOCIATIONS)), unit
 
 
 def _interval(reps: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
@@ -251,7 +258,7 @@ def association_table(measures: pd.DataFrame, *, outcome: str = OUTCOME, alignme
         point = estimates(*cols)
         reps, unit = _bootstrap_estimates(arr, g[cluster].to_numpy(), n_boot, seed)
         lo, hi = _interval(reps, level)
-        pairs = [(cols[0], cols[1]), (cols[0], cols[2]), (cols[1], cols[2])]
+        pairs = [(cols[i], cols[j]) for i, j in PAIRS]
         varies = [_varies(a) for a in cols]
         flat = ", ".join(c for c, v in zip((outcome, alignment, size), varies) if not v)
         # a constant alignment (or size) still leaves a question: does error follow the other one?
@@ -351,13 +358,7 @@ def _cluster_partials(arr: np.ndarray, groups: list[np.ndarray], n_boot: int,
     """(n_boot, 2) partials of cluster-bootstrap resamples of ``arr`` (n, 3), ``groups`` = row indices per cluster;
     resamples of equal length (clusters of unequal size give several) are computed as one batch."""
     draws = rng.integers(0, len(groups), (n_boot, len(groups)))
-    rows = [np.concatenate([groups[i] for i in d]) for d in draws]
-    out = np.empty((n_boot, 2))
-    lengths = np.array([len(r) for r in rows])
-    for n in np.unique(lengths):
-        which = np.flatnonzero(lengths == n)
-        out[which] = _batch_partials(arr[np.stack([rows[w] for w in which])])
-    return out
+    return _by_length(arr, [np.concatenate([groups[i] for i in d]) for d in draws], _batch_partials, 2)
 
 
 def _verdict_key(point: np.ndarray, reps: np.ndarray, level: float) -> tuple:

@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from eeray import faults  # noqa: E402
-from eeray.errors import chain, is_number  # noqa: E402
-from eeray.mlflow_store import creating, embedded_store, relocate  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
+from eeray import faults
+from eeray.errors import chain, is_number
+from eeray.mlflow_store import creating, embedded_store, relocate
 
 # every run names its study (the experiment's name), its execution and its role; a trial also its trial id.
 # Mirrors written before eeray.role existed held the role in eeray.study: start_study reads and upgrades them.

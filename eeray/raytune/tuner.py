@@ -22,6 +22,25 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import tune
+
+from eeray import commands, destinations, faults, identity, record_check
+from eeray.errors import chain
+from eeray.mlflow_sync import finish_ended_runs
+from eeray.mlflow_mirror import (Mirror, MlflowTracker, classic_view_url,
+                                 default_tracking_uri, definition_view, ui_command, view_key)
+from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state
+from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile, relocate,
+                                        unsafe_searcher_state)
+from eeray.raytune.callback import StudyCallback, StudyRecorder
+from eeray.raytune.connect import ClusterError, RayCluster, connect
+from eeray.raytune.trainable import tune_trial
+from eeray.identity import EXECUTION_FILE
+from eeray.results import RecordWriteError, load, write_whole
+from eeray.run_lock import LOCK_FILE, StudyLock, StudyLocked
+from eeray.study import Study, trial_name
+
 # Tune's experiment state holds every trial, so saving it costs O(trials so far): it is saved every few seconds
 # (TUNE_SNAPSHOT_S), not at every step of Tune's loop, and eeray's record (written at every event) is what a
 # resume trusts where the two disagree (search_state.apply_record). Tune keeps every checkpoint of a running trial
@@ -45,25 +64,6 @@ def _tune_settings(environ=os.environ) -> None:
     environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
     environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
 
-
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-
-from eeray import commands, destinations, faults, identity, record_check  # noqa: E402
-from eeray.errors import chain  # noqa: E402
-from eeray.mlflow_sync import finish_ended_runs  # noqa: E402
-from eeray.mlflow_mirror import (Mirror, MlflowTracker, classic_view_url,  # noqa: E402
-                                 default_tracking_uri, definition_view, ui_command, view_key)
-from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state  # noqa: E402
-from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile, relocate,  # noqa: E402
-                                        unsafe_searcher_state)
-from eeray.raytune.callback import StudyCallback, StudyRecorder  # noqa: E402
-from eeray.raytune.connect import ClusterError, RayCluster, connect  # noqa: E402
-from eeray.raytune.trainable import tune_trial  # noqa: E402
-from eeray.results import RecordWriteError, load, write_whole  # noqa: E402
-from eeray.identity import EXECUTION_FILE  # noqa: E402
-from eeray.run_lock import LOCK_FILE, StudyLock, StudyLocked  # noqa: E402
-from eeray.study import Study, trial_name  # noqa: E402
 
 MARKER_FILE = ".eeray-study"  # written into every study directory eeray creates: --fresh deletes only those
 TUNE_DIR = "_tune"

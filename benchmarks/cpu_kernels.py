@@ -23,11 +23,13 @@ import subprocess
 import sys
 import tempfile
 
+from eeray.cpu_kernels import OPT_OUT, PORTABLE_ENV
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "results")
-UNCAPPED = {"EERAY_CPU_KERNELS": "native"}
-SET_BY_EERAY = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "EERAY_CPU_KERNELS")
+UNCAPPED = {OPT_OUT: "native"}
+SET_BY_EERAY = (*PORTABLE_ENV, OPT_OUT)  # removed from a child's environment: it starts as a user's would
 
 # run in a fresh interpreter (the caps are read at a library's first use in a process): one trial, rows to a file
 CHILD = r"""

@@ -16,10 +16,7 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-OUT = os.path.join(HERE, "results")
-SET_BY_EERAY = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "EERAY_CPU_KERNELS")
+from cpu_kernels import OUT, ROOT, SET_BY_EERAY, UNCAPPED  # benchmarks/cpu_kernels.py, beside this file
 
 CHILD = r"""
 import json, sys, time
@@ -59,7 +56,7 @@ def main() -> None:
     for model in ("lenet", "resnet18"):
         seconds = {"capped": [], "native": []}
         for _ in range(args.repeats):  # alternating: a shared machine's load falls on both alike
-            for name, env in (("capped", {}), ("native", {"EERAY_CPU_KERNELS": "native"})):
+            for name, env in (("capped", {}), ("native", UNCAPPED)):
                 r = run(model, env)
                 seconds[name].append(r["seconds"])
                 hardware[name] = r["hardware"]

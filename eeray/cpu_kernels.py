@@ -22,6 +22,7 @@ Importing this module changes nothing and imports no torch.
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -34,16 +35,18 @@ X86_64 = ("x86_64", "amd64")
 OPT_OUT = "EERAY_CPU_KERNELS"  # "native": the libraries pick the kernels by the CPU
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+@functools.cache  # read once per process: run_trial, each trial and each actor ask
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU's feature flags (Linux), empty where they cannot be read."""
     try:
         with open(cpuinfo) as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+            return next((frozenset(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")),
+                        frozenset())
     except OSError:
-        return set()
+        return frozenset()
 
 
-def portable_env(machine: str | None = None, flags: set[str] | None = None) -> dict[str, str]:
+def portable_env(machine: str | None = None, flags: frozenset[str] | set[str] | None = None) -> dict[str, str]:
     """The variables to set on this machine: none off x86-64, or on a CPU without AVX2 and FMA (the AVX2 kernels
     of PyTorch need both)."""
     if (machine or platform.machine()).lower() not in X86_64:

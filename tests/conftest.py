@@ -90,12 +90,13 @@ def mlflow_server(store: str, workdir: _Path):
 
 # --------------------------------------------------------------------------- one Ray head for the session's CLI runs
 # A study without --address starts and stops a local Ray of its own: ~8-10 s of a CLI run on 2 cores, against
-# ~1 s to join a running head. So the session starts one head (Ray's own `ray start --head`, on 127.0.0.1, in a
-# temp dir of its own so that `--address auto` and a bare ray.init() never find it) on first use, and the CLI runs
-# join it with --address: the documented cluster path, on one node. Runs that must start their own Ray say
-# own_ray=True: the local path itself (a study's first line names which Ray ran it), and runs whose trials need the
-# driver's environment (S3 credentials, EERAY_DATA_ROOT), which a head started before them cannot see. The head
-# is stopped at the session's end by its process group (never `ray stop`, which ends every Ray of the user).
+# ~1 s to join a running head. So each test process (each pytest-xdist worker) starts one head (Ray's own `ray start
+# --head`, on 127.0.0.1, in a temp dir of its own so that `--address auto` and a bare ray.init() never find it) on
+# first use, and the CLI runs join it with --address: the documented cluster path, on one node. Runs that must start
+# their own Ray say own_ray=True: the local path itself (a study's first line names which Ray ran it), and runs
+# whose trials need the driver's environment (S3 credentials, EERAY_DATA_ROOT), which a head started before them
+# cannot see. The head is stopped at the process's end by its process group (never `ray stop`, which ends every Ray
+# of the user).
 _HEAD: dict = {}
 
 
@@ -226,13 +227,27 @@ def has_rows(results: _Path, study: str, table: str = "steps", trials: int = 1) 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
     """``smoke("sine_wave") -> (results_dir, stdout)``: each study's ``--smoke`` run on a real local Ray with the
-    embedded MLflow store, run once per session and shared by the study, MLflow, notebook and report tests."""
+    embedded MLflow store, run once per test session and shared by the study, MLflow, notebook and report tests
+    (read only). Under pytest-xdist the workers share it too: the first to ask runs it under a file lock in the
+    session's common temp directory, the others read its result there."""
+    from filelock import FileLock  # noqa: PLC0415 -- Ray's own dependency
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # popen-gwN's parent: the one directory every worker of this session sees
     done: dict[str, tuple] = {}
 
     def get(study: str):
         if study not in done:
-            results = tmp_path_factory.mktemp(f"{study}_smoke")
-            done[study] = (results, run_study(f"studies/{study}.py", results, "--smoke").stdout)
+            results, stdout = shared / f"{study}_smoke", shared / f"{study}_smoke.stdout"
+            with FileLock(str(shared / f"{study}_smoke.lock")):
+                if not stdout.exists():
+                    _shutil.rmtree(results, ignore_errors=True)  # a failed attempt's leftovers
+                    results.mkdir()
+                    out = run_study(f"studies/{study}.py", results, "--smoke").stdout
+                    stdout.with_suffix(".part").write_text(out)
+                    stdout.with_suffix(".part").rename(stdout)  # complete or absent: a failed run is run again
+            done[study] = (results, stdout.read_text())
         return done[study]
 
     return get

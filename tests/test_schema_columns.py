@@ -70,7 +70,7 @@ def test_table2_summary_fails_on_a_column_the_schema_does_not_have(tmp_path):
 
 
 def test_every_studys_summary_columns_are_trials_columns(monkeypatch):
-    """The end-of-study table (eeray.raytune.tuner) shows ``Study.summary_columns``: each must be in the schema."""
+    """The end-of-study table (eeray.summary) shows ``Study.summary_columns``: each must be in the schema."""
     monkeypatch.syspath_prepend(str(ROOT / "studies"))  # ee_vs_standard imports safe_exploration beside it
     trials = set(results.schema("trials").names)
     for path in sorted((ROOT / "studies").glob("*.py")):

@@ -1,21 +1,14 @@
 """Study → Ray Tune: the Tuner (grid, Optuna, scheduler, placement groups, storage, failures, checkpoints),
-``--resume`` / ``--extend`` through ``Tuner.restore``, the outcome and the end-of-study summary. Imported only
-after validation.
-
-An execution is recorded in ``<results>/<study>/execution.json``: its id, profile, git commit, the expanded
-definition (:mod:`eeray.identity`) and its segments. A segment is one Tune experiment over a list of trials: the
-first holds the study as started, each ``--extend`` adds one with exactly the added trials. Paths in the file
-are relative to the study directory (a copied results directory resumes where it is), except a ``--storage``
-the user passed. One driver at a time holds the directory (:mod:`eeray.run_lock`).
+``--resume`` / ``--extend`` through ``Tuner.restore``, and the outcome. Imported only after validation. The
+execution record and the refusals decided from files are :mod:`eeray.execution`; the printed summary is
+:mod:`eeray.summary`.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,21 +18,23 @@ from typing import Any
 import ray
 from ray import tune
 
-from eeray import commands, destinations, faults, identity, record_check
+from eeray import commands, faults
 from eeray.errors import chain
+from eeray.execution import (Refused, check_destination, check_study_dir, make_study_dir, open_execution,
+                             storage_of, write_execution)
+from eeray.identity import EXECUTION_FILE
+from eeray.mlflow_mirror import Mirror, MlflowTracker, default_tracking_uri, definition_view
 from eeray.mlflow_sync import finish_ended_runs
-from eeray.mlflow_mirror import (Mirror, MlflowTracker, classic_view_url,
-                                 default_tracking_uri, definition_view, ui_command, view_key)
-from eeray.raytune.atomic_storage import local_path, tune_storage, unreadable_state
-from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile, relocate,
-                                        unsafe_searcher_state)
+from eeray.raytune.atomic_storage import tune_storage, unreadable_state
 from eeray.raytune.callback import StudyCallback, StudyRecorder
 from eeray.raytune.connect import ClusterError, RayCluster, connect
+from eeray.raytune.search_state import (apply_record, drop_staged_state, reconcile, relocate,
+                                        unsafe_searcher_state)
 from eeray.raytune.trainable import tune_trial
-from eeray.identity import EXECUTION_FILE
-from eeray.results import RecordWriteError, load, write_whole
-from eeray.run_lock import LOCK_FILE, StudyLock, StudyLocked
+from eeray.results import RecordWriteError, load
+from eeray.run_lock import StudyLock, StudyLocked
 from eeray.study import Study, trial_name
+from eeray.summary import print_summary
 
 # Tune's experiment state holds every trial, so saving it costs O(trials so far): it is saved every few seconds
 # (TUNE_SNAPSHOT_S), not at every step of Tune's loop, and eeray's record (written at every event) is what a
@@ -65,17 +60,7 @@ def _tune_settings(environ=os.environ) -> None:
     environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic progress table: concise, one line per trial
 
 
-MARKER_FILE = ".eeray-study"  # written into every study directory eeray creates: --fresh deletes only those
-TUNE_DIR = "_tune"
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED, EXIT_TRIALS_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def trainable_of(study: Study, branching=None):
@@ -149,10 +134,6 @@ def _trial_dirname(trial) -> str:
 
 
 # --------------------------------------------------------------------------- one execution
-class _Refused(Exception):
-    """A refusal before any work: printed as one 'error:' line, exit status 2."""
-
-
 def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
     """One execution of ``study``; ``ray_choice`` (:class:`eeray.cli.RayChoice`) says which Ray runs it (default:
     ``args.address`` as given, else a local Ray)."""
@@ -165,34 +146,36 @@ def run_study(study: Study, profile: str, args, ray_choice=None) -> int:
     results_dir = Path(args.results_dir).resolve()
     study_dir = results_dir / study.name
     try:
-        _check_study_dir(results_dir, study_dir)
-        _check_destination(args.results_dir, study_dir, default_tracking_uri(results_dir))
+        check_study_dir(results_dir, study_dir)
+        check_destination(args.results_dir, study_dir, default_tracking_uri(results_dir))
         continuing = bool(args.resume or getattr(args, "extend", False))
-        nothing = _Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
+        nothing = Refused(f"{'--extend' if getattr(args, 'extend', False) else '--resume'}: no execution of "
                            f"'{study.name}' to continue under {study_dir}")
         if continuing and not study_dir.exists():
             raise nothing
-        _make_study_dir(study_dir, study.name)
+        make_study_dir(study_dir, study.name)
         lock = StudyLock(study_dir).acquire()  # first: a live driver is named before anything else is judged
-    except (_Refused, StudyLocked) as exc:
+    except (Refused, StudyLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     try:
         try:
             if continuing and not (study_dir / EXECUTION_FILE).exists():
                 raise nothing
-            meta, write = _execution(study, profile, args, study_dir, continuing)
+            meta, write = open_execution(study, profile, args, study_dir, continuing)
+            if continuing:
+                _check_tune_states(study_dir, meta)
             # before the execution is written: a cluster that refuses the driver or the storage leaves no trace
             address = ray_choice.address if ray_choice else (args.address or "local")
-            cluster = connect(address, _storage(study_dir, meta), ray_choice.why if ray_choice else "")
+            cluster = connect(address, storage_of(study_dir, meta), ray_choice.why if ray_choice else "")
             print(f"Ray: {cluster.description}", flush=True)
             if not cluster.started:  # a local Ray was checked against this machine before Ray started
                 _check_capacity(study, cluster)
-        except (_Refused, ClusterError) as exc:
+        except (Refused, ClusterError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_REFUSED
         if write:
-            _write_execution(study_dir, meta)
+            write_execution(study_dir, meta)
         return _run(study, args, results_dir, study_dir, meta, cluster)
     finally:
         lock.release()
@@ -222,7 +205,7 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
     callback = StudyCallback(recorder)
     mirror.call("opening the study's run", lambda t: t.parent_id)  # schema + parent exist before any trial
     _interrupt_on_termination()
-    storage = _storage(study_dir, meta)
+    storage = storage_of(study_dir, meta)
     # search studies: Optuna learns from each result in the searcher's state, which the record cannot rebuild
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0" if study.search else TUNE_SNAPSHOT_S
     if not study.search and args.max_concurrent is None and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
@@ -291,8 +274,8 @@ def _run(study: Study, args, results_dir: Path, study_dir: Path, meta: dict, clu
                                             "resumed": bool(args.resume), "outcome": outcome,
                                             "cluster": cluster.description})
         # what the run cost, for benchmarks/orchestration.py
-        _unless_full(lambda: _write_execution(study_dir, meta), "adding this run's costs to execution.json")
-    _print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description, args)
+        _unless_full(lambda: write_execution(study_dir, meta), "adding this run's costs to execution.json")
+    print_summary(study, results_dir, uri, wall, recorder, unfinished, cluster.description)
     if record_error is not None:
         print(f"\nerror: the study stopped: its record could not be written: {record_error}. The record holds every "
               f"row written before it (a file is written whole or not at all). Free space there (or make it "
@@ -411,135 +394,16 @@ def _open_tracker(uri: str, study: Study, results_dir: Path, meta: dict) -> Mlfl
     return tracker
 
 
-# --------------------------------------------------------------------------- the results directory
-def _check_study_dir(results_dir: Path, study_dir: Path) -> None:
-    name = study_dir.name
-    if study_dir.parent != results_dir or name in ("", ".", "..") or "/" in name:
-        raise _Refused(f"study name {name!r} must be one path component (letters, digits, '-', '_', '.')")
-
-
-def _check_destination(given: str, study_dir: Path, tracking_uri: str) -> None:
-    """The study directory takes files (its lock is the first), and the paths below it fit: refused here, naming
-    it, rather than a traceback from the lock or MLflow retrying a SQLite file it cannot open."""
-    why = destinations.unwritable(study_dir)
-    if why:
-        raise _Refused(f"--results-dir {given}: {why}; the study's lock, Parquet record, Tune state and MLflow store "
-                       "are written there: make it writable or choose another --results-dir")
-    why = destinations.too_long(study_dir, tracking_uri)
-    if why:
-        raise _Refused(f"--results-dir {given}: {why}")
-
-
-def _make_study_dir(study_dir: Path, name: str) -> None:
-    marker = study_dir / MARKER_FILE
-    if not study_dir.exists():
-        study_dir.mkdir(parents=True)
-        marker.write_text(json.dumps({"study": name}) + "\n")
-    elif not marker.exists() and any(study_dir.iterdir()):
-        raise _Refused(f"{study_dir} exists and was not created by eeray (no {MARKER_FILE}): choose another "
-                       f"--results-dir; nothing there is touched")
-
-
-def _execution(study: Study, profile: str, args, study_dir: Path, continuing: bool) -> tuple[dict, bool]:
-    """The execution this run continues (checked against the study as it is now), or a new one; and whether it
-    must be written (new, or extended) once Ray has accepted the driver."""
-    exec_file = study_dir / EXECUTION_FILE
-    _preflight(args.storage or (json.loads(exec_file.read_text())["storage"] if continuing else None))
-    current = identity.definition(study, profile)
-    if args.fresh:
-        _delete_study_contents(study_dir, study.name)
-    elif exec_file.exists() and not continuing:
-        meta = json.loads(exec_file.read_text())
-        raise _Refused(f"{study_dir} holds an execution of '{study.name}' ({meta.get('execution')}, profile "
-                       f"{meta.get('profile')}). Continue it with --resume, add new trials to it with --extend, or "
-                       f"start over with --fresh (deletes it) or another --results-dir")
-    if continuing:
-        meta = json.loads(exec_file.read_text())
-        diff = identity.compare(meta["definition"], current)
-        if args.storage and args.storage != meta["storage"]:
-            raise _Refused(f"--storage {args.storage} differs from the execution's {meta['storage']}")
-        if diff.only_added and args.extend:
-            seg = {"name": f"tune-ext{len(meta['segments'])}", "trials": diff.added}
-            meta["segments"].append(seg)
-            meta["definition"], meta["fingerprint"] = current, identity.fingerprint(current)
-            print(f"--extend: {len(diff.added)} trial(s) added to execution {meta['execution']}; the "
-                  f"{len(meta['definition']['trials']) - len(diff.added)} recorded ones are kept as they are", flush=True)
-        elif not diff.empty:
-            choices = ("run it with the recorded definition (undo the edit), " +
-                       ("add the new trials with --extend, " if diff.only_added else "") +
-                       "or start a new execution with --fresh (deletes this one) or another --results-dir")
-            raise _Refused(f"the study differs from the execution recorded in {exec_file} "
-                           f"({meta['execution']}):\n" + "\n".join(diff.lines()) + f"\nChoices: {choices}")
-        # the record is what a resume trusts (a trial it holds as ended never runs again): a file of it unreadable
-        # or gone would be rows silently missing at the end, so it refuses here, naming it (eeray.record_check)
-        try:
-            record_check.check(study_dir.parent, study.name)
-        except record_check.IncompleteRecord as exc:
-            raise _Refused(f"{'--extend' if args.extend else '--resume'}: {exc}") from None
-        # eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses;
-        # so does a searcher state naming anything a searcher's state never holds (crafted: it would run code)
-        for seg in meta["segments"]:
-            experiment = os.path.join(_storage(study_dir, meta), seg["name"])
-            why = unreadable_state(experiment) or unsafe_searcher_state(*tune_storage(experiment))
-            if why:
-                raise _Refused(f"Tune's state of segment '{seg['name']}' cannot be restored: {why}. The Parquet "
-                               f"record of the trials that ended is intact ({study_dir}); this execution cannot be "
-                               "continued: start it again with --fresh (deletes it) or use another --results-dir")
-        return meta, diff.only_added and args.extend
-    meta = {"study": study.name, "execution": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-            "profile": profile, "git_commit": git_commit(),
-            "storage": args.storage or TUNE_DIR,  # relative to the study directory unless the user named one
-            "fingerprint": identity.fingerprint(current), "definition": current,
-            "segments": [{"name": "tune", "trials": list(current["trials"])}], "runs": []}
-    return meta, True
-
-
-def _preflight(storage: str | None) -> None:
-    """An ``s3://`` storage must take an object before anything is deleted (--fresh), written or started: a
-    missing bucket, refused credentials or an unreachable endpoint is one refusal, not every trial failing. A
-    path (NFS, a local directory) must take a file: a read-only one is one refusal, not Tune's traceback."""
-    from eeray.raytune import s3
-
-    if storage and s3.is_s3(storage):
-        try:
-            s3.check(storage)
-        except s3.StorageError as exc:
-            raise _Refused(str(exc)) from None
-    elif storage and storage != TUNE_DIR and local_path(storage) is not None:  # _tune: the study directory's
-        why = destinations.unwritable(local_path(storage))
+def _check_tune_states(study_dir: Path, meta: dict) -> None:
+    """eeray writes Tune's state atomically (atomic_storage); one cut short by anything else (a full disk) refuses;
+    so does a searcher state naming anything a searcher's state never holds (crafted: it would run code)."""
+    for seg in meta["segments"]:
+        experiment = os.path.join(storage_of(study_dir, meta), seg["name"])
+        why = unreadable_state(experiment) or unsafe_searcher_state(*tune_storage(experiment))
         if why:
-            raise _Refused(f"--storage {storage}: {why}; Tune's checkpoints and state are written there: make it "
-                           "writable or choose another --storage")
-
-
-def _delete_study_contents(study_dir: Path, name: str) -> None:
-    """--fresh: only a directory eeray created for this very study, and never the lock this driver holds."""
-    marker = study_dir / MARKER_FILE
-    try:
-        owner = json.loads(marker.read_text()).get("study")
-    except (OSError, ValueError):
-        owner = None
-    if owner != name:
-        raise _Refused(f"--fresh: {study_dir} was not created by eeray for study '{name}' (no {MARKER_FILE} naming "
-                       f"it); nothing deleted")
-    for entry in study_dir.iterdir():
-        if entry.name in (MARKER_FILE, LOCK_FILE):
-            continue
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-
-
-def _storage(study_dir: Path, meta: dict) -> str:
-    """Where this execution's Tune experiments live: ``_tune`` inside the study directory, or, under a storage the
-    user named (which other studies and executions may share), ``<storage>/<study>/<execution>``."""
-    s = meta["storage"]
-    if s == TUNE_DIR:
-        return str(study_dir / s)
-    return f"{s.rstrip('/')}/{meta['study']}/{meta['execution']}"
-
-
-def _write_execution(study_dir: Path, meta: dict) -> None:
-    text = json.dumps(meta, indent=2, default=str)
-    write_whole(study_dir / EXECUTION_FILE, lambda tmp: tmp.write_text(text))
+            raise Refused(f"Tune's state of segment '{seg['name']}' cannot be restored: {why}. The Parquet "
+                          f"record of the trials that ended is intact ({study_dir}); this execution cannot be "
+                          "continued: start it again with --fresh (deletes it) or use another --results-dir")
 
 
 class _NoTuneRestoreHint(logging.Filter):
@@ -549,65 +413,3 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore(" not in record.getMessage()
 
 
-# --------------------------------------------------------------------------- the summary
-def _print_summary(study: Study, results_dir: Path, uri: str, wall: float, recorder: StudyRecorder,
-                   unfinished: int, cluster: str, args) -> None:
-    import pandas as pd
-
-    res = load(results_dir, study.name)
-    trials = res.trials
-    cols = ["trial_name", "status", *study.summary_columns, "train_seconds"]  # validated before Ray started
-    interrupted = len(set(recorder.attempts) - set(trials.trial_id))  # started in this run, did not end
-    with pd.option_context("display.max_rows", 200, "display.width", 160, "display.max_colwidth", 60):
-        counts = [f"{(trials.status == s).sum()} {s}" for s in ("completed", "failed")]
-        if (trials.status == "stopped").any():
-            counts.append(f"{(trials.status == 'stopped').sum()} stopped early")
-        if unfinished:  # both counts, zeros included: what a resume will continue and what it will start
-            counts += [f"{interrupted} interrupted", f"{unfinished - interrupted} never ran"]
-        total = len(trials) + unfinished
-        print(f"\n{study.name}: {total} trials ({', '.join(counts)}) in {wall:.0f} s on {cluster}")
-        if len(trials):
-            print(trials.sort_values("trial_name")[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        for _, r in trials[trials.status == "failed"].iterrows():
-            print(f"  failed: {r.trial_name}: {str(r.failure_reason).splitlines()[0]}")
-        for name, why in study.skipped_datasets.items():  # absent, skipped at the user's request
-            print(f"  skipped dataset {name} (--present-datasets-only): {why}")
-    if len(trials) and not unfinished and (trials.status == "failed").all():
-        # the summary's tables below come out empty: said here, so an empty table does not read as "no answer yet"
-        print(f"\nEvery trial failed ({len(trials)} of {total}; each one's reason is above): no completed trial "
-              "to summarize")
-    if study.summarize is not None and not unfinished:
-        table = study.summarize(res)
-        if len(table):
-            table.to_csv(results_dir / study.name / "summary.csv", index=False)
-            with pd.option_context("display.width", 160):
-                print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    # every command below is printed on a line of its own, as it is to be pasted: it names this interpreter by
-    # absolute path, so it works in a fresh shell without an activated environment (eeray.commands)
-    print(f"\nParquet: {results_dir / study.name}   (eeray.results.load({str(results_dir)!r}, {study.name!r}))")
-    if recorder.mirror.offline:
-        print(f"MLflow:  INCOMPLETE — {recorder.mirror.offline}. Complete it from Parquet with:\n"
-              f"    {recorder.mirror.sync_command}")
-    else:
-        # the address of the study's runs in the Model-training view, its own line to paste (MLflow's front page
-        # opens on the GenAI overview in a browser that never chose otherwise): the printed UI command's port
-        server = "http://127.0.0.1:5000" if ui_command(uri) else uri
-        view = recorder.mirror.call("reading the experiment's id", lambda t: classic_view_url(
-            server, t.experiment_id, view_key(t.execution))) or server
-        if ui_command(uri):
-            print("MLflow:  serve the UI with the command below, then open the address under it (the study's runs; "
-                  "its chart view plots what the study varies against final_train_error):\n"
-                  f"    {ui_command(uri)}\n    {view}")
-        else:
-            print(f"MLflow:  open this address in a browser (on a cluster through an SSH tunnel: docs/cluster.md):"
-                  f"\n    {view}")
-    if not unfinished and len(trials):
-        print(f"Report:  {results_dir / study.name / 'report' / 'index.html'}, written by:\n"
-              f"    {commands.report(results_dir, study.name)}")
-    if unfinished:
-        print(f"\nInterrupted: {unfinished} of {total} trials did not finish. Continue with:\n    "
-              f"{resume_command()}")
-
-
-def resume_command() -> str:
-    return commands.resume()

@@ -70,6 +70,12 @@ def _snapshot(results):
             if p.is_file() and "_tune" not in p.parts and p.name != ".eeray.lock"}
 
 
+def _tree(results):
+    """Every file of a results directory (MLflow's store and Tune's state included) but the lock a driver takes."""
+    return {p.relative_to(results): p.read_bytes() for p in sorted(results.rglob("*"))
+            if p.is_file() and p.name != ".eeray.lock"}
+
+
 def _resumed_equals_reference(copy, reference):
     """--resume, once the damaged file is back, ends with every trial's rows exactly as the undisturbed run's."""
     from conftest import check_mlflow, rows_of, same_rows
@@ -106,7 +112,9 @@ def test_a_corrupt_record_file_is_an_error_naming_it_and_resume_refuses(undistur
     assert _snapshot(copy) == before  # nothing deleted, rewritten or compacted by the refusal
 
     victim.write_bytes(good)  # the first choice: the file restored from a copy
-    _resumed_equals_reference(copy, undisturbed)
+    # the directory is the undisturbed one again, file for file (the refusal wrote nothing): what --resume makes of
+    # exactly this directory is the last step of the deleted-file test below, one resume for every damage
+    assert _tree(copy) == _tree(undisturbed)
 
 
 @pytest.mark.slow
@@ -130,6 +138,7 @@ def test_a_record_file_deleted_by_hand_is_named_at_resume_and_refused(undisturbe
     assert _snapshot(copy) == before
 
     victim.write_bytes(good)
+    assert _tree(copy) == _tree(undisturbed)  # the directory a corrupt file's restore also leaves
     _resumed_equals_reference(copy, undisturbed)
 
 

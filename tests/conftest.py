@@ -226,10 +226,11 @@ def has_rows(results: _Path, study: str, table: str = "steps", trials: int = 1) 
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    """``smoke("sine_wave") -> (results_dir, stdout)``: each study's ``--smoke`` run on a real local Ray with the
-    embedded MLflow store, run once per test session and shared by the study, MLflow, notebook and report tests
-    (read only). Under pytest-xdist the workers share it too: the first to ask runs it under a file lock in the
-    session's common temp directory, the others read its result there."""
+    """``smoke("sine_wave") -> (results_dir, stdout)``: a study's ``--smoke`` run on a real Ray with the embedded
+    MLflow store, run once per test session and shared, read only, by every test that reads it (a study of
+    ``studies/`` by its name, a test study by its path: ``smoke("tests/studies/integrity_study.py")``; its stderr
+    is in :func:`smoke_stderr`). Under pytest-xdist the workers share it too: the first to ask runs it under a file
+    lock in the session's common temp directory, the others read its result there."""
     from filelock import FileLock  # noqa: PLC0415 -- Ray's own dependency
 
     shared = tmp_path_factory.getbasetemp()
@@ -239,18 +240,26 @@ def smoke(tmp_path_factory):
 
     def get(study: str):
         if study not in done:
-            results, stdout = shared / f"{study}_smoke", shared / f"{study}_smoke.stdout"
-            with FileLock(str(shared / f"{study}_smoke.lock")):
+            script = study if study.endswith(".py") else f"studies/{study}.py"
+            results = shared / f"{_Path(script).stem}_smoke"
+            stdout, stderr = results.with_name(results.name + ".stdout"), results.with_name(results.name + ".stderr")
+            with FileLock(str(results.with_name(results.name + ".lock"))):
                 if not stdout.exists():
                     _shutil.rmtree(results, ignore_errors=True)  # a failed attempt's leftovers
                     results.mkdir()
-                    out = run_study(f"studies/{study}.py", results, "--smoke").stdout
-                    stdout.with_suffix(".part").write_text(out)
+                    out = run_study(script, results, "--smoke")
+                    stderr.write_text(out.stderr)
+                    stdout.with_suffix(".part").write_text(out.stdout)
                     stdout.with_suffix(".part").rename(stdout)  # complete or absent: a failed run is run again
             done[study] = (results, stdout.read_text())
         return done[study]
 
     return get
+
+
+def smoke_stderr(results_dir: _Path) -> str:
+    """What the ``smoke`` run that wrote ``results_dir`` printed on stderr."""
+    return results_dir.with_name(results_dir.name + ".stderr").read_text()
 
 
 @pytest.fixture(scope="session")

@@ -78,11 +78,13 @@ def assert_same_tables(got_dir, want_dir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    branched, scratch = tmp_path_factory.mktemp("branched"), tmp_path_factory.mktemp("scratch")
-    out = run_study(STUDY, branched, "--smoke")
-    assert "5 trials (5 completed, 0 failed)" in out.stdout
-    assert "branching: 1 trunk(s) explore once for 3 branch(es)" in out.stdout
+def runs(smoke, tmp_path_factory):
+    """The branching study's --smoke run (shared with tests/test_outside_readers.py: read only) and the same study
+    run --no-branching."""
+    branched, stdout = smoke(STUDY)
+    scratch = tmp_path_factory.mktemp("scratch")
+    assert "5 trials (5 completed, 0 failed)" in stdout
+    assert "branching: 1 trunk(s) explore once for 3 branch(es)" in stdout
     out = run_study(STUDY, scratch, "--smoke", "--no-branching")
     assert "5 trials (5 completed, 0 failed)" in out.stdout and "explore once" not in out.stdout
     return branched, scratch

@@ -49,12 +49,10 @@ INTEGRITY = "tests/studies/integrity_study.py"
 
 
 @pytest.fixture(scope="module")
-def undisturbed(tmp_path_factory):
+def undisturbed(smoke):
     """The integrity study (two trials) run to its end, untouched: the reference each disturbed copy is compared
-    with, and the copy a user damages."""
-    path = tmp_path_factory.mktemp("undisturbed")
-    run_study(INTEGRITY, path, "--smoke")
-    return path
+    with, and the copy a user damages (shared with tests/test_integrity_runner.py: read only)."""
+    return smoke(INTEGRITY)[0]
 
 
 def _damaged_copy(reference, tmp_path, table_dir: str):

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, mlflow_server, run_study, study_argv, wait_for
+from conftest import ROOT, free_port, mlflow_server, run_study, smoke_stderr, study_argv, wait_for
 from mlflow.tracking import MlflowClient
 
 from eeray.mlflow_mirror import metric_points
@@ -67,16 +67,16 @@ def assert_mlflow_mirrors_parquet(results_dir, uri=None, study="integrity"):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    path = tmp_path_factory.mktemp("integrity_reference")
-    out = run_study(STUDY, path, "--smoke")  # exit 0: every trial completed
-    assert "2 trials (2 completed, 0 failed)" in out.stdout
-    (path / "stdout.txt").write_text(out.stdout + out.stderr)
+def reference(smoke):
+    """The integrity study's --smoke run, undisturbed (shared with tests/test_faults.py: read only, copied before
+    anything is done to it)."""
+    path, stdout = smoke(STUDY)
+    assert "2 trials (2 completed, 0 failed)" in stdout  # exit 0: every trial completed
     return path
 
 
-def test_progress_counts_trials_by_state_with_an_eta_and_names_only_eerays_locations(reference):
-    printed = (reference / "stdout.txt").read_text()
+def test_progress_counts_trials_by_state_with_an_eta_and_names_only_eerays_locations(reference, smoke):
+    printed = smoke(STUDY)[1] + smoke_stderr(reference)
     line = next(l for l in printed.splitlines() if l.startswith("[integrity]") and "pending" in l)
     assert all(w in line for w in ("completed,", "running,", "pending,", "failed of 2;", "elapsed", "ETA")), line
     assert "ray_results" not in printed and "Result logdir" not in printed and "Tuner.restore" not in printed

@@ -88,10 +88,10 @@ def assert_same(got: pd.DataFrame, want: pd.DataFrame, table: str, reader: str) 
 
 
 @pytest.fixture(scope="module")
-def branched(tmp_path_factory):
-    results_dir = tmp_path_factory.mktemp("outside")
-    out = run_study(STUDY, results_dir, "--smoke")
-    assert "branching: 1 trunk(s) explore once for 3 branch(es)" in out.stdout
+def branched(smoke):
+    """The branching study's --smoke run (shared with tests/test_branching_runner.py: read only)."""
+    results_dir, stdout = smoke(STUDY)
+    assert "branching: 1 trunk(s) explore once for 3 branch(es)" in stdout
     return results_dir
 
 

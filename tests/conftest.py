@@ -228,8 +228,8 @@ def has_rows(results: _Path, study: str, table: str = "steps", trials: int = 1) 
 def smoke(tmp_path_factory):
     """``smoke("sine_wave") -> (results_dir, stdout)``: a study's ``--smoke`` run on a real Ray with the embedded
     MLflow store, run once per test session and shared, read only, by every test that reads it (a study of
-    ``studies/`` by its name, a test study by its path: ``smoke("tests/studies/integrity_study.py")``; its stderr
-    is in :func:`smoke_stderr`). Under pytest-xdist the workers share it too: the first to ask runs it under a file
+    ``studies/`` by its name, a test study by its path: ``smoke("tests/studies/integrity_study.py")``; ``expect``
+    and ``own_ray`` as :func:`run_study`'s; its stderr is in :func:`smoke_stderr`). Under pytest-xdist the workers share it too: the first to ask runs it under a file
     lock in the session's common temp directory, the others read its result there."""
     from filelock import FileLock  # noqa: PLC0415 -- Ray's own dependency
 
@@ -238,7 +238,7 @@ def smoke(tmp_path_factory):
         shared = shared.parent  # popen-gwN's parent: the one directory every worker of this session sees
     done: dict[str, tuple] = {}
 
-    def get(study: str):
+    def get(study: str, expect: int = 0, own_ray: bool = False):
         if study not in done:
             script = study if study.endswith(".py") else f"studies/{study}.py"
             results = shared / f"{_Path(script).stem}_smoke"
@@ -247,7 +247,7 @@ def smoke(tmp_path_factory):
                 if not stdout.exists():
                     _shutil.rmtree(results, ignore_errors=True)  # a failed attempt's leftovers
                     results.mkdir()
-                    out = run_study(script, results, "--smoke")
+                    out = run_study(script, results, "--smoke", expect=expect, own_ray=own_ray)
                     stderr.write_text(out.stderr)
                     stdout.with_suffix(".part").write_text(out.stdout)
                     stdout.with_suffix(".part").rename(stdout)  # complete or absent: a failed run is run again

@@ -6,7 +6,7 @@ import shutil
 
 import nbformat
 import pytest
-from conftest import ROOT, run_study
+from conftest import ROOT, run_study, smoke_stderr
 from nbclient import NotebookClient
 
 from eeray.results import load
@@ -15,25 +15,26 @@ ALL_FAILED = "tests/studies/all_failed_study.py"
 
 
 @pytest.mark.slow
-def test_every_trial_failed_exits_3_with_a_summary_that_says_so_and_the_notebook_runs(tmp_path):
+def test_every_trial_failed_exits_3_with_a_summary_that_says_so_and_the_notebook_runs(smoke, tmp_path):
     """Item 6: the width sweep with every trial diverging. The study's own summary (width_sweep.summarize: the
     association, stability and survival tables) and analysis/width_vs_alignment.ipynb crashed on a record with no
     completed trial ("'association' is not in list"), turning exit 3 into a traceback and exit 1."""
     # its own Ray: the trials import width_sweep (the study's summarize) through the PYTHONPATH the study file sets,
     # which only a Ray started by this driver inherits
-    out = run_study(ALL_FAILED, tmp_path, "--smoke", expect=3, own_ray=True)
-    res = load(tmp_path, "all_failed")
+    # (shared with tests/test_outside_readers.py, which reads its empty tables)
+    record, stdout = smoke(ALL_FAILED, expect=3, own_ray=True)
+    res = load(record, "all_failed")
     assert len(res.trials) == 3 and set(res.trials.status) == {"failed"}
     assert res.trials.failure_reason.str.contains("training loss is").all()
-    assert "all_failed: 3 trials (0 completed, 3 failed)" in out.stdout
-    assert "Every trial failed (3 of 3; each one's reason is above): no completed trial to summarize" in out.stdout
-    assert "Traceback" not in out.stderr and "Interrupted" not in out.stdout
-    assert not (tmp_path / "all_failed" / "summary.csv").exists()  # no table of verdicts from no trials
+    assert "all_failed: 3 trials (0 completed, 3 failed)" in stdout
+    assert "Every trial failed (3 of 3; each one's reason is above): no completed trial to summarize" in stdout
+    assert "Traceback" not in smoke_stderr(record) and "Interrupted" not in stdout
+    assert not (record / "all_failed" / "summary.csv").exists()  # no table of verdicts from no trials
 
     # the notebook a user opens next, on the same record (found as the repository's results, as from analysis/)
     repo = tmp_path / "repo"
     (repo / "analysis").mkdir(parents=True)
-    shutil.copytree(tmp_path / "all_failed", repo / "results" / "width_sweep")
+    shutil.copytree(record / "all_failed", repo / "results" / "width_sweep")
     nb = nbformat.read(ROOT / "analysis" / "width_vs_alignment.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(repo / "analysis")}}).execute()

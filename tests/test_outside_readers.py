@@ -16,7 +16,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_study
 
 from eeray import branch_runner, compaction, record_check, results
 from eeray.config import DataConfig, DiagConfig, EEConfig, ModelConfig, TrainConfig, TrialConfig
@@ -232,17 +231,18 @@ def test_the_page_documents_the_schema_version_and_the_rename():
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_the_driver_leaves_tables_no_trial_wrote_to_readable_by_glob(tmp_path):
+def test_the_driver_leaves_tables_no_trial_wrote_to_readable_by_glob(smoke):
     """Through the CLI: every trial diverges at once (tests/studies/all_failed_study.py), so some tables get no
-    rows; the driver leaves each of them one empty file with its schema, and each glob reads what load reads."""
-    run_study("tests/studies/all_failed_study.py", tmp_path, "--smoke", expect=3)
-    res = load(tmp_path, "all_failed")
+    rows; the driver leaves each of them one empty file with its schema, and each glob reads what load reads.
+    (The run is shared with tests/test_faults.py's every-trial-failed test, which checks its exit status 3.)"""
+    record, _ = smoke("tests/studies/all_failed_study.py", expect=3, own_ray=True)
+    res = load(record, "all_failed")
     empty = [t for t in PARQUET_TABLES if len(getattr(res, t)) == 0]
     assert empty, "every table has rows: this study no longer tests empty tables"
     for table in PARQUET_TABLES:
-        files = [f.name for f in (tmp_path / "all_failed" / table).rglob("*.parquet")]
+        files = [f.name for f in (record / "all_failed" / table).rglob("*.parquet")]
         assert (files == [results.EMPTY_FILE]) == (table in empty), (table, files)
-        glob = f"{tmp_path}/all_failed/{table}/**/*.parquet"
+        glob = f"{record}/all_failed/{table}/**/*.parquet"
         got = duckdb.sql(f"SELECT * FROM read_parquet('{glob}', hive_partitioning = true)").df()
         assert len(got) == len(getattr(res, table)) and set(got.columns) == set(schema(table).names), table
         got = pl.scan_parquet(glob, hive_partitioning=True).collect()

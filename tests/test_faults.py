@@ -382,9 +382,10 @@ def test_a_crafted_searcher_state_is_refused_at_resume_and_runs_nothing(undistur
     assert f"{state}: refused to load builtins.exec" in err and "--fresh" in err, err
     assert not marker.exists()
 
-    state.write_bytes(good)  # eeray's own state loads through the same reader
-    run_study(INTEGRITY, copy, "--smoke", "--resume")
-    assert not marker.exists()
+    # the file restored, the directory is the undisturbed one, file for file (the refusal wrote nothing): its
+    # --resume, which loads eeray's own searcher state through the same reader, is the deleted-file test's last step
+    state.write_bytes(good)
+    assert _tree(copy) == _tree(undisturbed)
 
 
 def test_searcher_states_round_trip_through_the_restricted_unpickler(tmp_path):

@@ -20,7 +20,8 @@ from eeray import cpu_kernels
 from eeray.config import ConfigError
 from eeray.errors import FieldError
 from eeray.identity import EXECUTION_FILE
-from eeray.study import PROFILES, Study, validate_study
+from eeray.study import PROFILES, Study
+from eeray.study_validation import validate_study
 
 
 def default_profile() -> tuple[str, str]:
@@ -210,7 +211,7 @@ def main(build: Callable[[str], Study], argv: Sequence[str] | None = None,
 
 
 def validated_line(study: Study, specs, ray_choice: RayChoice) -> str:
-    """The last line of --validate-only: what was checked (eeray.study.validate_study), with the numbers a user
+    """The last line of --validate-only: what was checked (eeray.study_validation.validate_study), with the numbers a user
     compares against what they meant to run."""
     datasets = sorted({s.config.data.name for s in specs})
     budgets = sorted({s.config.diag.memory_budget_gb for s in specs})

@@ -55,6 +55,9 @@ def init_fc_linear(lin: nn.Linear, std: float, bias_init: str, width: int) -> No
 
 
 # --------------------------------------------------------------------------- LeNet (E2)
+LENET_FC_PER_MC = 128  # the hidden FC layer's width per unit of m_c: FC(128·m_c)
+
+
 class LeNet(nn.Module):
     """The paper's five-layer LeNet variant: conv(8m_c, 5x5) → conv(8m_c, 5x5) → FC(128m_c) → FC(m_y).
 
@@ -67,7 +70,7 @@ class LeNet(nn.Module):
         super().__init__()
         if pool not in ("none", "avg2"):
             raise ValueError(f"pool = {pool!r} is invalid: must be 'none' or 'avg2'")
-        c, h = 8 * m_c, 128 * m_c
+        c, h = 8 * m_c, LENET_FC_PER_MC * m_c
         pool_layer = (lambda: nn.AvgPool2d(2)) if pool == "avg2" else nn.Identity
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c, 5), softplus(beta), pool_layer(),
@@ -160,3 +163,14 @@ def head_input_width(cfg, spec) -> int:
     if cfg.arch == "lenet":
         return lenet_flat_features(cfg.lenet_mc, spec.input_shape[-1], cfg.lenet_pool) + 1
     return 512 + 1
+
+
+def replaced_width(cfg) -> int | None:
+    """The width of the hidden layer the EE head replaces (its default m_H, eeray.surgery.resolve_m_H) without
+    building the model: FCNet's last hidden layer, LeNet's FC(128·m_c); None where only the output layer is
+    replaced (ResNet-18, a one-hidden-layer FCNet)."""
+    if cfg.arch == "fcnet":
+        return cfg.fc_width if cfg.fc_hidden_layers >= 2 else None
+    if cfg.arch == "lenet":
+        return LENET_FC_PER_MC * cfg.lenet_mc
+    return None

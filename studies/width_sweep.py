@@ -46,7 +46,7 @@ EE_FACTORS = {"smoke": [0.5, 2], "laptop": [0.5, 2], "paper": [0.5, 1, 2, 4]}
 def ee_variants(base: TrialConfig, profile: str, widths: list[int]) -> dict[str, dict]:
     """One variant per factor c; where c gives a width's m_H that a smaller c already gives, that width runs
     once, under the smaller c (at n = 1000: c = 1 adds m_c = 1; c = 2 adds m_c = 1, 2; c = 4 adds all three)."""
-    from eeray.study import ee_head_sizes
+    from eeray.study_validation import ee_head_sizes
 
     def m_H(c, m_c):
         cfg = base.replace(**{"ee.enabled": True, "ee.m_H_factor": c, "model.lenet_mc": m_c})

@@ -457,7 +457,8 @@ def test_check_data_semeion_format(tmp_path, bad):
 
 def test_validate_study_checks_the_format_before_ray(tmp_path):
     from eeray.config import ModelConfig, TrialConfig
-    from eeray.study import Study, validate_study
+    from eeray.study import Study
+    from eeray.study_validation import validate_study
 
     make_idx(tmp_path, "mnist", gz=True)
     p = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"

@@ -10,7 +10,8 @@ import pytest
 from eeray.config import ConfigError, DataConfig, OptimConfig, TrialConfig
 from eeray.identity import compare, definition, fingerprint
 from eeray.run_lock import StudyLock, StudyLocked
-from eeray.study import Study, validate_study
+from eeray.study import Study
+from eeray.study_validation import validate_study
 
 
 def study(seeds=(0, 1), lr=0.1, **kw) -> Study:

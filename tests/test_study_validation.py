@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from eeray.config import ConfigError, DataConfig, EEConfig, ModelConfig, TrialConfig
-from eeray.study import Resources, Study, check_safe_exploration, validate_study
+from eeray.study import Resources, Study
+from eeray.study_validation import check_safe_exploration, validate_study
 
 
 def study(**kw) -> Study:

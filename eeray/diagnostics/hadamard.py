@@ -96,6 +96,12 @@ def pivoted_cholesky_rank(gram: torch.Tensor) -> int:
     return int(rank)
 
 
+def minimum_bytes(n: int, m_hm1: int, m_H: int) -> int:
+    """The least memory :func:`gram_certificate` runs in: the n×n float64 Gram (formed once, in place), Z (n ×
+    m_(H−1)) and S (n × m_H) in float64, and one row of each formation block."""
+    return (n * n + n * (m_hm1 + m_H) + 2 * n) * F64
+
+
 def gram_certificate(z: torch.Tensor, s: torch.Tensor, *, memory_budget_bytes: int | None = None,
                      second_method: str = "auto", former=None) -> GramRankReport:
     """Is (Z Zᵀ)∘(S Sᵀ) (n × n) positive definite, i.e. rank φ = n? Two methods, both in float64.
@@ -117,8 +123,9 @@ def gram_certificate(z: torch.Tensor, s: torch.Tensor, *, memory_budget_bytes: i
     fixed = n * n * F64 + (z.numel() + s.numel()) * F64
     unlimited = memory_budget_bytes is None
     budget = fixed + 2 * min(n, 4096) * n * F64 if unlimited else memory_budget_bytes
-    if budget < fixed + 2 * n * F64:
-        raise MemoryBudgetError(budget, fixed + 2 * n * F64, f"the {n}×{n} float64 Gram (formed once, in place)")
+    need = minimum_bytes(n, z.shape[1], s.shape[1])  # fixed + one row of each block
+    if budget < need:
+        raise MemoryBudgetError(budget, need, f"the {n}×{n} float64 Gram (formed once, in place)")
     method = second_method
     if method == "auto":
         fits = unlimited or budget >= 2 * n * n * F64 + fixed

@@ -82,8 +82,7 @@ def _describe(started: bool, why: str = "") -> RayCluster:
     head = [n for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
     ordered = head + [n for n in nodes if n not in head]
     total = ray.cluster_resources()
-    ctx = ray.get_runtime_context()
-    address = getattr(ctx, "gcs_address", None) or ray._private.worker.global_worker.node.gcs_address
+    address = ray.get_runtime_context().gcs_address  # public (RuntimeContext); was ray._private's global worker
     return RayCluster(started, address, tuple(n["NodeManagerAddress"] for n in ordered),
                       float(total.get("CPU", 0)), float(total.get("GPU", 0)), why)
 

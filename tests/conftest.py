@@ -210,6 +210,35 @@ def check_mlflow(results: _Path, study: str, trial_names) -> None:
     assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
 
 
+def assert_mlflow_mirrors_parquet(results_dir, study: str, uri: str | None = None):
+    """Every child run holds exactly the points load()'s rows imply (a branch's prefix included) and its numeric
+    final metrics: none missing, none twice, none extra; no run left RUNNING; one parent. Returns (client, runs)."""
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 -- only where MLflow is checked
+
+    from eeray.mlflow_mirror import _number, metric_points  # noqa: PLC0415 -- the mirror's own conversions
+    from eeray.results import load  # noqa: PLC0415
+
+    client = MlflowClient(uri or f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(study).experiment_id], max_results=1000)
+    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
+    assert len([r for r in runs if r.data.tags.get("eeray.role") == "parent"]) == 1
+    children = {r.data.tags["eeray.trial_id"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    res = load(results_dir, study)
+    assert sorted(children) == sorted(res.trials.trial_id)
+    for trial in res.trials.to_dict("records"):
+        tid = trial["trial_id"]
+        want = set(metric_points(res.steps[res.steps.trial_id == tid].to_dict("records"),
+                                 res.diagnostics[res.diagnostics.trial_id == tid].to_dict("records")))
+        want |= {(k, 0, float(_number(v))) for k, v in trial.items() if k.startswith("final_") and
+                 _number(v) is not None}
+        run = children[tid]
+        got = [(m.key, m.step, m.value) for key in run.data.metrics
+               for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(got) == len({(k, s) for k, s, _ in got}), f"{trial['trial_name']}: a metric point is duplicated"
+        assert set(got) == want, (trial["trial_name"], sorted(set(got) ^ want)[:10])
+    return client, runs
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while not predicate():

@@ -9,10 +9,8 @@ import subprocess
 
 import pandas as pd
 import pytest
-from conftest import ROOT, reap_killed, rows_of, run_study, same_rows, study_argv
-from mlflow.tracking import MlflowClient
+from conftest import ROOT, assert_mlflow_mirrors_parquet, reap_killed, rows_of, run_study, same_rows, study_argv
 
-from eeray.mlflow_mirror import _number, metric_points
 from eeray.results import load
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -43,29 +41,6 @@ def named(results_dir):
         frame = frame.assign(trial_id=frame.trial_id.map(names))
         out[table] = frame.sort_values(["trial_id", "step", "phase"], kind="stable").reset_index(drop=True)
     return out
-
-
-def assert_mlflow_mirrors_parquet(results_dir):
-    """Every child run holds exactly the points of load()'s rows (a branch's prefix included) and its numeric
-    final metrics: none missing, none twice, none extra; no run left RUNNING."""
-    client = MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("branching").experiment_id], max_results=1000)
-    assert "RUNNING" not in {r.info.status for r in runs}
-    children = {r.data.tags["eeray.trial_id"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    res = load(results_dir, "branching")
-    assert sorted(children) == sorted(res.trials.trial_id)
-    for trial in res.trials.to_dict("records"):
-        tid = trial["trial_id"]
-        want = set(metric_points(res.steps[res.steps.trial_id == tid].to_dict("records"),
-                                 res.diagnostics[res.diagnostics.trial_id == tid].to_dict("records")))
-        want |= {(k, 0, float(_number(v))) for k, v in trial.items() if k.startswith("final_") and
-                 _number(v) is not None}
-        run = children[tid]
-        got = [(m.key, m.step, m.value) for key in run.data.metrics
-               for m in client.get_metric_history(run.info.run_id, key)]
-        assert len(got) == len({(k, s) for k, s, _ in got}), f"{trial['trial_name']}: a metric point is duplicated"
-        assert set(got) == want, (trial["trial_name"], sorted(set(got) ^ want)[:10])
-    return client, runs
 
 
 def assert_same_tables(got_dir, want_dir):
@@ -120,7 +95,7 @@ def test_a_branched_study_records_what_the_study_records_from_scratch(runs):
 
 def test_the_mlflow_run_of_a_branch_shows_its_whole_curve(runs):
     branched, _ = runs
-    client, runs = assert_mlflow_mirrors_parquet(branched)  # every point of load()'s expanded rows, once
+    client, runs = assert_mlflow_mirrors_parquet(branched, "branching")  # every point of load()'s expanded rows, once
     res = load(branched, "branching")
     run = next(r for r in runs if r.data.tags.get("mlflow.runName") == "ee eps=0.0001 tau0=0.5")
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "train_loss")}
@@ -166,7 +141,7 @@ def test_a_driver_killed_mid_tree_resumes_without_rerunning_the_trunk(runs, tmp_
     assert all(json.loads(e) == ["the driver was lost; continued with --resume"] for e in continued.attempt_errors)
     assert_same_tables(tmp_path, scratch)
     assert not list((tmp_path / "branching" / "_tune" / "branch_states").rglob("*.pt"))
-    assert_mlflow_mirrors_parquet(tmp_path)
+    assert_mlflow_mirrors_parquet(tmp_path, "branching")
 
 
 def test_a_trunk_that_fails_before_its_branch_points_fails_its_branches_with_its_reason(tmp_path):

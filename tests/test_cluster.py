@@ -286,8 +286,7 @@ def test_a_lost_driver_is_continued_by_resume_against_the_same_cluster(cluster, 
                  "Tune's experiment state saved after a trial checkpoint")  # so --resume restores from it
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver (its session), mid-study, without any cleanup
-        driver.wait(timeout=30)
-    time.sleep(2)
+        driver.wait(timeout=30)  # dead: what it wrote is on disk (every file whole or absent), nothing to wait for
     before = load(results, "cluster")
     assert len(before.steps) > 0 and (before.trials.status == "completed").sum() < 2  # really mid-study
     out = ok(run_on(cluster, results, "--smoke", "--resume"))

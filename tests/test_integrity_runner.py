@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, mlflow_server, run_study, smoke_stderr, study_argv, wait_for
+from conftest import (ROOT, assert_mlflow_mirrors_parquet, free_port, mlflow_server, run_study, smoke_stderr,
+                      study_argv, wait_for)
 from mlflow.tracking import MlflowClient
 
-from eeray.mlflow_mirror import metric_points
 from eeray.results import load
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -41,29 +41,6 @@ def assert_same_record(results_dir, reference):
     got, want = comparable(results_dir), comparable(reference)
     assert got[0].equals(want[0]), (got[0], want[0])
     assert got[1].equals(want[1])
-
-
-def assert_mlflow_mirrors_parquet(results_dir, uri=None, study="integrity"):
-    """Every child run holds exactly the points Parquet implies: none missing, none twice, none extra; no run
-    left RUNNING; one parent."""
-    client = MlflowClient(uri or f"sqlite:///{results_dir / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(study)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status) for r in runs]
-    assert len([r for r in runs if r.data.tags.get("eeray.role") == "parent"]) == 1
-    res = load(results_dir, study)
-    children = {r.data.tags["eeray.trial_id"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert sorted(children) == sorted(res.trials.trial_id)
-    for trial in res.trials.to_dict("records"):
-        tid = trial["trial_id"]
-        want = set(metric_points(res.steps[res.steps.trial_id == tid].to_dict("records"),
-                                 res.diagnostics[res.diagnostics.trial_id == tid].to_dict("records")))
-        want |= {(k, 0, float(v)) for k, v in trial.items() if k.startswith("final_") and v == v and v is not None}
-        run = children[tid]
-        got = [(m.key, m.step, m.value) for key in run.data.metrics for m in client.get_metric_history(run.info.run_id, key)]
-        assert len(got) == len({(k, s) for k, s, _ in got}), f"{trial['trial_name']}: a metric point is duplicated"
-        assert set(got) == want, (trial["trial_name"], sorted(set(got) ^ want)[:10])
-    return runs
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +92,7 @@ def test_every_trial_records_the_learning_rate_it_trained_with(reference):
         lrs = set(res.steps[res.steps.trial_id == trial.trial_id].lr.dropna())
         cfg_lr = res.trials.set_index("trial_id").loc[trial.trial_id, "cfg.optim.lr"]
         assert lrs == {cfg_lr} == {float(runs[trial.trial_id].data.params["optim.lr"])}
-    assert_mlflow_mirrors_parquet(reference)
+    assert_mlflow_mirrors_parquet(reference, "integrity")
 
 
 # --------------------------------------------------------------------------- edits between runs
@@ -149,7 +126,7 @@ def test_resume_after_an_edit_is_refused_with_the_difference_and_extend_runs_onl
     assert meta["storage"] == "_tune" and [s["name"] for s in meta["segments"]] == ["tune", "tune-ext1"]
     assert (copy / "integrity" / "_tune" / "tune-ext1").is_dir()
     assert not (reference / "integrity" / "_tune" / "tune-ext1").exists()  # nothing written into the original
-    assert_mlflow_mirrors_parquet(copy)
+    assert_mlflow_mirrors_parquet(copy, "integrity")
 
 
 # --------------------------------------------------------------------------- MLflow is a mirror
@@ -163,7 +140,7 @@ def test_mlflow_unreachable_from_the_start_then_sync_builds_the_mirror(reference
     sync = [sys.executable, "-m", "eeray.mlflow_sync", str(tmp_path), "--study", "integrity", "--tracking-uri", db]
     first = subprocess.run(sync, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert first.returncode == 0, first.stderr
-    assert_mlflow_mirrors_parquet(tmp_path, db)
+    assert_mlflow_mirrors_parquet(tmp_path, "integrity", db)
     again = subprocess.run(sync, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert "0 metric points added" in again.stdout  # idempotent
 
@@ -183,7 +160,7 @@ def test_mlflow_server_killed_mid_study_then_sync_completes_the_mirror(reference
     sync = subprocess.run([sys.executable, "-m", "eeray.mlflow_sync", str(results), "--study", "integrity",
                            "--tracking-uri", f"sqlite:///{db}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert sync.returncode == 0, sync.stderr
-    assert_mlflow_mirrors_parquet(results, f"sqlite:///{db}")
+    assert_mlflow_mirrors_parquet(results, "integrity", f"sqlite:///{db}")
 
 
 # --------------------------------------------------------------------------- kills at named instants
@@ -208,7 +185,7 @@ def test_kills_at_six_instants_each_followed_by_resume_and_sync(reference, tmp_p
     sync = subprocess.run([sys.executable, "-m", "eeray.mlflow_sync", str(tmp_path), "--study", "integrity"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert sync.returncode == 0, sync.stderr
-    assert_mlflow_mirrors_parquet(tmp_path)
+    assert_mlflow_mirrors_parquet(tmp_path, "integrity")
 
 
 def test_a_tune_state_cut_short_by_something_else_is_refused_before_ray_starts_and_changes_nothing(reference, tmp_path):
@@ -264,7 +241,7 @@ def test_ctrl_c_or_a_termination_signal_exits_130_closes_every_run_and_prints_ee
     out = run_study(STUDY, tmp_path, "--smoke", "--max-concurrent", "1", "--resume")
     assert "2 trials (2 completed, 0 failed)" in out.stdout
     assert_same_record(tmp_path, reference)
-    assert_mlflow_mirrors_parquet(tmp_path)
+    assert_mlflow_mirrors_parquet(tmp_path, "integrity")
 
 
 @pytest.mark.parametrize("name", ["", "..", "a/b", "/tmp"])

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 import torch
-from conftest import ROOT, reap_killed, rows_of, run_study, same_rows
+from conftest import ROOT, free_port, reap_killed, rows_of, run_study, same_rows
 from moto import settings as moto_settings
 from moto.server import ThreadedMotoServer
 from test_branching_runner import STUDY, TREE, assert_same_tables
@@ -35,12 +34,6 @@ from eeray.results import load
 
 BUCKET = "eeray-test"
 TRUNK = "ee eps=0.01 tau0=0.75"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +261,6 @@ def test_refused_credentials_are_refused_before_anything_runs(server, tmp_path):
 
 def test_an_unreachable_endpoint_is_refused_before_anything_runs(server, tmp_path):
     env, _ = server
-    closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     assert_refused(tmp_path, f"s3://{BUCKET}/studies", {**env, "AWS_ENDPOINT_URL": closed},
                    f"cannot reach {closed} (AWS_ENDPOINT_URL)")

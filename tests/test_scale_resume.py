@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_study, study_argv
-from test_integrity_runner import assert_mlflow_mirrors_parquet
+from conftest import ROOT, assert_mlflow_mirrors_parquet, run_study, study_argv
 
 from eeray.results import load
 
@@ -61,7 +60,7 @@ def test_a_kill_with_tunes_state_behind_the_record_then_resume_runs_each_trial_o
     sync = subprocess.run([sys.executable, "-m", "eeray.mlflow_sync", str(killed), "--study", "trivial"],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert sync.returncode == 0, sync.stderr
-    assert_mlflow_mirrors_parquet(killed, study="trivial")
+    assert_mlflow_mirrors_parquet(killed, "trivial")
     assert_tune_keeps_no_rows(killed / "trivial" / "_tune" / "tune")
 
 

@@ -256,32 +256,39 @@ def has_rows(results: _Path, study: str, table: str = "steps", trials: int = 1) 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
     """``smoke("sine_wave") -> (results_dir, stdout)``: a study's ``--smoke`` run on a real Ray with the embedded
-    MLflow store, run once per test session and shared, read only, by every test that reads it (a study of
-    ``studies/`` by its name, a test study by its path: ``smoke("tests/studies/integrity_study.py")``; ``expect``
-    and ``own_ray`` as :func:`run_study`'s; its stderr is in :func:`smoke_stderr`). Under pytest-xdist the workers share it too: the first to ask runs it under a file
-    lock in the session's common temp directory, the others read its result there."""
+    MLflow store, run once per test session and shared, read only, by every test that reads it: a study of
+    ``studies/`` by its name, a test study by its path (``smoke("tests/studies/integrity_study.py")``); ``expect``
+    and ``own_ray`` as :func:`run_study`'s, the exit status checked for every caller; its stderr is in
+    :func:`smoke_stderr`. Under pytest-xdist the workers share it too: the first to ask runs it under a file lock
+    in the session's common temp directory, the others read its result there."""
     from filelock import FileLock  # noqa: PLC0415 -- Ray's own dependency
 
     shared = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         shared = shared.parent  # popen-gwN's parent: the one directory every worker of this session sees
-    done: dict[str, tuple] = {}
+    done: dict[_Path, tuple[int, str]] = {}  # results directory -> (exit status, stdout)
 
     def get(study: str, expect: int = 0, own_ray: bool = False):
-        if study not in done:
-            script = study if study.endswith(".py") else f"studies/{study}.py"
-            results = shared / f"{_Path(script).stem}_smoke"
-            stdout, stderr = results.with_name(results.name + ".stdout"), results.with_name(results.name + ".stderr")
-            with FileLock(str(results.with_name(results.name + ".lock"))):
-                if not stdout.exists():
+        script = study if study.endswith(".py") else f"studies/{study}.py"
+        results = shared / f"{_Path(script).stem}_smoke{'_own_ray' if own_ray else ''}"  # own_ray: another run
+
+        def beside(suffix: str) -> _Path:
+            return results.with_name(results.name + suffix)
+
+        if results not in done:
+            with FileLock(str(beside(".lock"))):
+                if not beside(".stdout").exists():
                     _shutil.rmtree(results, ignore_errors=True)  # a failed attempt's leftovers
                     results.mkdir()
                     out = run_study(script, results, "--smoke", expect=expect, own_ray=own_ray)
-                    stderr.write_text(out.stderr)
-                    stdout.with_suffix(".part").write_text(out.stdout)
-                    stdout.with_suffix(".part").rename(stdout)  # complete or absent: a failed run is run again
-            done[study] = (results, stdout.read_text())
-        return done[study]
+                    beside(".stderr").write_text(out.stderr)
+                    beside(".rc").write_text(str(out.returncode))
+                    beside(".part").write_text(out.stdout)
+                    beside(".part").rename(beside(".stdout"))  # complete or absent: a failed run is run again
+            done[results] = (int(beside(".rc").read_text()), beside(".stdout").read_text())
+        status, stdout = done[results]
+        assert status == expect, f"{script} --smoke (run once, shared) exited {status}, not {expect}"
+        return results, stdout
 
     return get
 
